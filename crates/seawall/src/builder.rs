@@ -1,0 +1,37 @@
+use tower::ServiceBuilder;
+
+#[cfg(feature = "http")]
+use tower_layer::Stack;
+
+mod sealed {
+    pub trait Sealed<T> {}
+}
+
+impl<L> sealed::Sealed<L> for ServiceBuilder<L> {}
+
+/// seawall's layers as methods on [`ServiceBuilder`].
+///
+/// The trait is sealed: it is implemented for `ServiceBuilder` only, and
+/// grows a method for each layer.
+///
+/// ```
+/// use seawall::ServiceBuilderExt;
+/// use tower::ServiceBuilder;
+///
+/// let builder = ServiceBuilder::new().rejection_response();
+/// # let _ = builder;
+/// ```
+pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
+    /// Turns the errors of the services below into HTTP responses; see
+    /// [`RejectionResponseLayer`](crate::http::RejectionResponseLayer).
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    fn rejection_response(self) -> ServiceBuilder<Stack<crate::http::RejectionResponseLayer, L>>;
+}
+
+impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
+    #[cfg(feature = "http")]
+    fn rejection_response(self) -> ServiceBuilder<Stack<crate::http::RejectionResponseLayer, L>> {
+        self.layer(crate::http::RejectionResponseLayer::new())
+    }
+}

@@ -1,0 +1,252 @@
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::{Either, Full};
+use pin_project_lite::pin_project;
+use seawall_core::BoxError;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::error_response;
+
+/// Turns the errors of the inner service into HTTP responses.
+///
+/// The resulting service's error type is [`Infallible`], so it mounts on an
+/// axum `Router` directly (`Router::route_service`, or as a layer) without
+/// `HandleErrorLayer`. See [`error_response`] for the mapping: a seawall
+/// rejection keeps its status and `Retry-After`, timeouts are 504, anything
+/// else is 500; the body is `application/problem+json`.
+///
+/// Successful responses pass through untouched; the body type becomes
+/// [`Either`]`<B, Full<Bytes>>`, which allocates nothing on that path.
+///
+/// ```
+/// use http::{Request, Response, StatusCode};
+/// use seawall::http::RejectionResponseLayer;
+/// use tower::{BoxError, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(RejectionResponseLayer::new())
+///     .service_fn(|_req: Request<()>| async {
+///         Err::<Response<String>, BoxError>("boom".into())
+///     });
+/// let res = svc.oneshot(Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RejectionResponseLayer {
+    _priv: (),
+}
+
+impl RejectionResponseLayer {
+    /// A new layer.
+    pub const fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for RejectionResponseLayer {
+    type Service = RejectionResponse<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RejectionResponse::new(inner)
+    }
+}
+
+/// The service made by [`RejectionResponseLayer`].
+#[derive(Debug)]
+pub struct RejectionResponse<S> {
+    inner: S,
+    /// The response for an error the inner service reported from
+    /// `poll_ready`; the next call answers with it instead of calling in.
+    not_ready: Option<Response<Full<Bytes>>>,
+}
+
+impl<S: Clone> Clone for RejectionResponse<S> {
+    fn clone(&self) -> Self {
+        // A clone has not been polled ready; it owns no pending error.
+        Self::new(self.inner.clone())
+    }
+}
+
+impl<S> RejectionResponse<S> {
+    /// Wraps `inner`.
+    pub const fn new(inner: S) -> Self {
+        Self {
+            inner,
+            not_ready: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req, B> Service<Req> for RejectionResponse<S>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<Either<B, Full<Bytes>>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.not_ready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match ready!(self.inner.poll_ready(cx)) {
+            Ok(()) => {}
+            Err(err) => self.not_ready = Some(error_response(&*err.into())),
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.not_ready.take() {
+            Some(res) => ResponseFuture {
+                state: State::Failed { res: Some(res) },
+            },
+            None => ResponseFuture {
+                state: State::Called {
+                    future: self.inner.call(req),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RejectionResponse`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called { #[pin] future: F },
+        Failed { res: Option<Response<Full<Bytes>>> },
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<Either<B, Full<Bytes>>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Called { future } => Poll::Ready(Ok(match ready!(future.poll(cx)) {
+                Ok(res) => res.map(Either::Left),
+                Err(err) => error_response(&*err.into()).map(Either::Right),
+            })),
+            StateProj::Failed { res } => Poll::Ready(Ok(res
+                .take()
+                .map_or_else(failed_twice, |res| res.map(Either::Right)))),
+        }
+    }
+}
+
+/// A `Failed` future polled again after completion: answer 500 rather than
+/// panic.
+#[cold]
+fn failed_twice<B>() -> Response<Either<B, Full<Bytes>>> {
+    let err: BoxError = "response future polled after completion".into();
+    error_response(&*err).map(Either::Right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, StatusCode};
+    use std::time::Duration;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    #[tokio::test]
+    async fn success_passes_through() {
+        let svc = RejectionResponseLayer::new().layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, BoxError>(Response::new("fine"))
+        }));
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(matches!(res.into_body(), Either::Left("fine")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_below_becomes_504() {
+        let svc = ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new())
+            .timeout(Duration::from_secs(1))
+            .service_fn(|_: Request<()>| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, BoxError>(Response::new(()))
+            });
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    /// A service whose `poll_ready` fails once.
+    #[derive(Clone)]
+    struct FailsReady(bool);
+    impl Service<Request<()>> for FailsReady {
+        type Response = Response<()>;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Response<()>, BoxError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            if std::mem::take(&mut self.0) {
+                Poll::Ready(Err(Box::new(tower::load_shed::error::Overloaded::new())))
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            std::future::ready(Ok(Response::new(())))
+        }
+    }
+
+    #[tokio::test]
+    async fn poll_ready_error_answers_the_next_call() {
+        let mut svc = RejectionResponse::new(FailsReady(true));
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+}

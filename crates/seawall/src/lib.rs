@@ -1,0 +1,66 @@
+//! Resilience layers for [tower]: make services survive the failure of what
+//! they depend on.
+//!
+//! seawall is a set of `tower::Layer`s that compose through
+//! `tower::ServiceBuilder` into axum servers, tonic and hyper clients and any
+//! tower pipeline. They share one vocabulary, [`core`]: a call's
+//! [`Outcome`] decided by one [`Classify`]er, refusals that are
+//! [`Rejection`]s carrying an HTTP status and a `Retry-After` hint, and typed
+//! events sent to a [`Listener`].
+//!
+//! This crate is the facade: it re-exports each layer crate behind a feature
+//! of the same name, adds [`ServiceBuilderExt`] and the HTTP adapters in
+//! [`http`](crate::http).
+//!
+//! # Example
+//!
+//! An axum-style service whose errors become problem+json responses, so it
+//! mounts on a `Router` without `HandleErrorLayer`:
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use http::{Request, Response, StatusCode};
+//! use seawall::ServiceBuilderExt;
+//! use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .rejection_response()
+//!     .timeout(Duration::from_millis(50))
+//!     .service_fn(|_req: Request<String>| async {
+//!         tokio::time::sleep(Duration::from_secs(1)).await;
+//!         Ok::<_, BoxError>(Response::new(String::from("too late")))
+//!     });
+//!
+//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+//! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `http` (default) | [`http::RejectionResponseLayer`](crate::http::RejectionResponseLayer) |
+//! | `tracing` | [`core::event::TracingListener`] |
+//! | `metrics` | [`core::event::MetricsListener`] |
+//! | `full` | all of the above |
+//!
+//! [tower]: https://docs.rs/tower
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod builder;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+
+pub use builder::ServiceBuilderExt;
+
+/// The shared vocabulary: outcomes, classifiers, rejections, hints, events.
+pub use seawall_core as core;
+pub use seawall_core::{
+    BoxError, Classify, ConfigError, ErrorsFail, Event, GrpcClassifier, HttpClassifier, Listener,
+    NoopListener, Outcome, Rejected, Rejection,
+};
