@@ -64,3 +64,28 @@ pub use seawall_core::{
     BoxError, Classify, ConfigError, ErrorsFail, Event, GrpcClassifier, HttpClassifier, Listener,
     NoopListener, Outcome, Rejected, Rejection,
 };
+
+#[cfg(feature = "circuit-breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
+#[doc(inline)]
+pub use seawall_circuit_breaker as circuit_breaker;
+
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+#[doc(inline)]
+pub use seawall_retry as retry;
+
+#[cfg(feature = "bulkhead")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
+#[doc(inline)]
+pub use seawall_bulkhead as bulkhead;
+
+#[cfg(feature = "fallback")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fallback")))]
+#[doc(inline)]
+pub use seawall_fallback as fallback;
+
+#[cfg(feature = "idempotency")]
+#[cfg_attr(docsrs, doc(cfg(feature = "idempotency")))]
+#[doc(inline)]
+pub use seawall_idempotency as idempotency;

@@ -1,0 +1,1 @@
+//! seawall-bulkhead (in progress).

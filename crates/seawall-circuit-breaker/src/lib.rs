@@ -1,0 +1,1 @@
+//! seawall-circuit-breaker (in progress).

@@ -1,0 +1,1 @@
+//! seawall-idempotency (in progress).

@@ -1,0 +1,1 @@
+//! seawall-retry (in progress).
