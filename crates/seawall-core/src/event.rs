@@ -155,13 +155,13 @@ impl<E: Event> Listener<E> for TracingListener {
         let kind = event.kind();
         match event.severity() {
             Severity::Debug => {
-                tracing::debug!(target: "seawall", layer, event = kind, details = ?event)
+                tracing::debug!(target: "seawall", layer, event = kind, details = ?event);
             }
             Severity::Info => {
-                tracing::info!(target: "seawall", layer, event = kind, details = ?event)
+                tracing::info!(target: "seawall", layer, event = kind, details = ?event);
             }
             Severity::Warn => {
-                tracing::warn!(target: "seawall", layer, event = kind, details = ?event)
+                tracing::warn!(target: "seawall", layer, event = kind, details = ?event);
             }
         }
     }
