@@ -10,7 +10,7 @@
 //!
 //! This crate is the facade: it re-exports each layer crate behind a feature
 //! of the same name, adds [`ServiceBuilderExt`] and the HTTP adapters in
-//! [`http`](crate::http).
+//! [`http`].
 //!
 //! # Example
 //!
@@ -43,7 +43,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `http` (default) | [`http::RejectionResponseLayer`](crate::http::RejectionResponseLayer) |
+//! | `http` (default) | [`http::RejectionResponseLayer`] |
 //! | `tracing` | [`core::event::TracingListener`] |
 //! | `metrics` | [`core::event::MetricsListener`] |
 //! | `full` | all of the above |
