@@ -1,1 +1,156 @@
-//! seawall-idempotency (in progress).
+//! `IdempotencyLayer`: makes retried `POST` and `PATCH` requests safe.
+//!
+//! A client that times out on a payment does not know whether the payment
+//! happened. If it retries with the same `Idempotency-Key` header (the IETF
+//! HTTPAPI draft, and what Stripe has done for years), this layer makes the
+//! server run the handler **once per key** and answer every repeat with the
+//! stored response, marked `Idempotent-Replayed: true`. It holds for a fleet
+//! of replicas when they share a Redis or PostgreSQL store.
+//!
+//! # What the layer does
+//!
+//! - Only the configured methods (default `POST`, `PATCH`) are handled;
+//!   other requests pass through untouched, without allocation.
+//! - The key is an RFC 9651 structured-field string (`"a1b2"`), at most 255
+//!   characters, on one header line; with
+//!   [`lenient_keys`](IdempotencyLayerBuilder::lenient_keys) a bare token
+//!   (`a1b2`, what many Stripe clients send) is accepted too. A bad key gets
+//!   400; a missing key passes through, or gets 400 with
+//!   [`require_key`](IdempotencyLayerBuilder::require_key).
+//! - Records are scoped by the layer's name, the
+//!   [`tenant`](IdempotencyLayerBuilder::tenant) of the request and the key,
+//!   hashed with length prefixes so no tenant can reach another's record.
+//! - The request's fingerprint is the SHA-256 of method, path and query,
+//!   `Content-Type` and body (buffered up to
+//!   [`max_request_body`](IdempotencyLayerBuilder::max_request_body), else
+//!   413). The same key with another fingerprint gets 422.
+//! - The first request *claims* the key atomically, with a lease and a
+//!   random [`FencingToken`]: across every replica exactly one wins and runs
+//!   the handler. A repeat while it runs gets 409 with `Retry-After`, or,
+//!   with [`wait_in_flight`](IdempotencyLayerBuilder::wait_in_flight), waits
+//!   for the response.
+//! - The response (status, headers except `Set-Cookie`, `Date`, hop-by-hop
+//!   fields and `Content-Length`, and the body up to
+//!   [`max_stored_body`](IdempotencyLayerBuilder::max_stored_body)) is kept
+//!   for the [`retention`](IdempotencyLayerBuilder::retention) period
+//!   (default 24 h). A larger body is not stored: repeats get the status and
+//!   headers with an empty body, and the handler never runs again.
+//! - Which statuses are kept is a [`KeepPolicy`]: everything by default (a
+//!   retry of a 500 gets the same 500), or release the key on 5xx/429 so a
+//!   retry runs again. The layer's own 400/409/413/422/503 are never stored.
+//! - Its own answers are RFC 9457 `application/problem+json` documents with
+//!   a `kind` member (`idempotency_in_flight`, `idempotency_key_mismatch`,
+//!   ...).
+//!
+//! # Crashes, panics, cancellation
+//!
+//! A lease that ends (the owner crashed, or ran longer than
+//! [`lease`](IdempotencyLayerBuilder::lease)) frees the key for the next
+//! request, and the late owner's completion is refused by its token: its
+//! response is returned to its own client but never overwrites the record.
+//! With [`renew_lease`](IdempotencyLayerBuilder::renew_lease) the claim is
+//! renewed while the handler runs, so only a crash (not slowness) frees it.
+//!
+//! Within a live process the layer **runs the handler to completion in a
+//! spawned task**: if the client disconnects, the handler still finishes
+//! and its response is stored, so the client's retry is a replay, not a
+//! second execution. If the handler panics, a guard releases the claim by
+//! its token (the request fails with [`HandlerPanicked`], a 500), so a
+//! retry runs the handler again at once instead of after the lease. The
+//! layer therefore needs a Tokio runtime, and the wrapped service, its
+//! future and its body must be `Send + 'static` (true of axum handlers).
+//!
+//! # Store failures
+//!
+//! If the store cannot be reached, the request gets 503 with `Retry-After`
+//! and the handler is **not** called (fail closed). With
+//! [`fail_open`](IdempotencyLayerBuilder::fail_open) the handler runs without
+//! idempotency instead.
+//!
+//! # Stores
+//!
+//! - [`MemoryStore`] (default): one process, bounded capacity, TTL.
+//! - `store::RedisStore` (feature `redis`): `SET NX PX` claims
+//!   and Lua scripts for token-checked completion and release; one round
+//!   trip for a replay, two for a first request.
+//! - `store::PostgresStore` (feature `postgres`): a table
+//!   it creates, `INSERT ... ON CONFLICT DO NOTHING` claims, expiry on the
+//!   database clock and a sweep of expired rows.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use seawall_idempotency::{IdempotencyLayer, RequestBody};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let charges = Arc::new(AtomicUsize::new(0));
+//! let counter = charges.clone();
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(IdempotencyLayer::new())
+//!     .service_fn(move |_req: Request<RequestBody<Full<Bytes>>>| {
+//!         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+//!         async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("charge #{n}"))))) }
+//!     });
+//!
+//! for attempt in 0..3 {
+//!     let req = Request::post("/charges")
+//!         .header("idempotency-key", "\"order-42\"")
+//!         .body(Full::new(Bytes::from_static(b"{\"amount\":100}")))
+//!         .unwrap();
+//!     let res = svc.ready().await.unwrap().call(req).await.unwrap();
+//!     assert_eq!(res.headers().contains_key("idempotent-replayed"), attempt > 0);
+//!     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "charge #1");
+//! }
+//! assert_eq!(charges.load(Ordering::SeqCst), 1);
+//! # }
+//! ```
+//!
+//! With axum, put `seawall::http::RejectionResponseLayer` (or
+//! `HandleErrorLayer`) above this layer: like every seawall layer it returns
+//! tower's `BoxError` (only for handler errors and panics; its own refusals
+//! are responses).
+//!
+//! # Features
+//!
+//! - `redis`: `store::RedisStore`; re-exports the `redis` crate.
+//! - `postgres`: `store::PostgresStore`; re-exports
+//!   `deadpool_postgres` (and through it `tokio_postgres`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod error;
+mod event;
+mod execution;
+mod future;
+mod key;
+mod layer;
+mod problem;
+mod record;
+mod service;
+pub mod store;
+
+pub use body::ResponseBody;
+pub use error::{HandlerPanicked, StoreError, StoreErrorKind};
+pub use event::{IdempotencyEvent, IdempotencyEventKind};
+pub use future::ResponseFuture;
+pub use key::{FencingToken, Fingerprint, StoreKey, MAX_KEY_LEN};
+pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder, KeepPolicy};
+pub use problem::PROBLEM_JSON;
+pub use record::StoredResponse;
+pub use service::{Idempotency, RequestBody, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+pub use store::{Claim, Completion, MemoryStore, Store};
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use deadpool_postgres;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis;

@@ -1,6 +1,5 @@
 use tower::ServiceBuilder;
-
-#[cfg(feature = "http")]
+#[cfg(any(feature = "http", feature = "idempotency"))]
 use tower_layer::Stack;
 
 mod sealed {
@@ -27,11 +26,28 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     #[cfg(feature = "http")]
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     fn rejection_response(self) -> ServiceBuilder<Stack<crate::http::RejectionResponseLayer, L>>;
+
+    /// Runs the handler once per `Idempotency-Key` and replays its response to
+    /// repeats; see [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer).
+    #[cfg(feature = "idempotency")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "idempotency")))]
+    fn idempotency<St, Li>(
+        self,
+        layer: crate::idempotency::IdempotencyLayer<St, Li>,
+    ) -> ServiceBuilder<Stack<crate::idempotency::IdempotencyLayer<St, Li>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "http")]
     fn rejection_response(self) -> ServiceBuilder<Stack<crate::http::RejectionResponseLayer, L>> {
         self.layer(crate::http::RejectionResponseLayer::new())
+    }
+
+    #[cfg(feature = "idempotency")]
+    fn idempotency<St, Li>(
+        self,
+        layer: crate::idempotency::IdempotencyLayer<St, Li>,
+    ) -> ServiceBuilder<Stack<crate::idempotency::IdempotencyLayer<St, Li>, L>> {
+        self.layer(layer)
     }
 }

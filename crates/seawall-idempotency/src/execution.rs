@@ -1,0 +1,337 @@
+//! One keyed request: buffer and fingerprint, claim, run the handler,
+//! store or release.
+//!
+//! Everything from the claim on runs in a spawned task. A client that goes
+//! away (its response future dropped) therefore does not stop a handler
+//! that already holds the key: the handler runs to completion and its
+//! response is stored, so the client's retry gets a replay instead of
+//! a second execution. A handler that panics unwinds through
+//! [`ClaimGuard`], whose `Drop` releases the claim by its token, so the key
+//! is free again at once rather than at the end of the lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use seawall_core::{BoxError, Listener};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::error::{HandlerPanicked, StoreError};
+use crate::event::{IdempotencyEvent, IdempotencyEventKind as Kind};
+use crate::key::{FencingToken, Fingerprint, StoreKey};
+use crate::layer::Shared;
+use crate::problem::Problem;
+use crate::record::StoredResponse;
+use crate::service::{RequestBody, IDEMPOTENT_REPLAYED, TOO_LARGE};
+use crate::store::{Claim, Completion, Store};
+
+type Output<B> = Result<Response<ResponseBody<B>>, BoxError>;
+
+const IN_FLIGHT: Problem = Problem::new(
+    StatusCode::CONFLICT,
+    "idempotency_in_flight",
+    "a request with this Idempotency-Key is still being processed; retry later",
+);
+const MISMATCH: Problem = Problem::new(
+    StatusCode::UNPROCESSABLE_ENTITY,
+    "idempotency_key_mismatch",
+    "this Idempotency-Key was used with a different request",
+);
+const UNAVAILABLE: Problem = Problem::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "idempotency_store_unavailable",
+    "the idempotency store is unavailable; the request was not processed",
+);
+const UNREADABLE: Problem = Problem::new(
+    StatusCode::BAD_REQUEST,
+    "request_body_unreadable",
+    "the request body could not be read",
+);
+
+/// Clients are told to come back within a second: handlers usually finish
+/// well before their lease ends.
+const MAX_IN_FLIGHT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+pub(crate) async fn execute<S, St, L, ReqB, ResB>(
+    shared: Arc<Shared<St, L>>,
+    inner: S,
+    req: Request<ReqB>,
+    key: String,
+) -> Output<ResB>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    St: Store,
+    L: Listener<IdempotencyEvent>,
+    ReqB: Body + Send + 'static,
+    ReqB::Data: Send,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let config = &shared.config;
+    let tenant = config.tenant.as_ref().and_then(|f| f(&parts));
+    let scope = StoreKey::new(&config.name, tenant.as_deref(), &key);
+    let bytes = match Limited::new(body, config.max_request_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            shared.emit(Kind::BodyTooLarge);
+            return Ok(TOO_LARGE.response());
+        }
+        Err(_) => return Ok(UNREADABLE.response()),
+    };
+    let fingerprint = Fingerprint::of(&parts.method, &parts.uri, &parts.headers, &bytes);
+    let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+    // Outside a Tokio runtime `tokio::spawn` would panic; refuse instead.
+    let runtime = tokio::runtime::Handle::try_current().map_err(Box::new)?;
+    match runtime
+        .spawn(run(shared, inner, req, scope, fingerprint))
+        .await
+    {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => Err(Box::new(HandlerPanicked::new())),
+        Err(e) => Err(Box::new(e)),
+    }
+}
+
+async fn run<S, St, L, ReqB, ResB>(
+    shared: Arc<Shared<St, L>>,
+    mut inner: S,
+    req: Request<RequestBody<ReqB>>,
+    scope: StoreKey,
+    fingerprint: Fingerprint,
+) -> Output<ResB>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    St: Store,
+    L: Listener<IdempotencyEvent>,
+    ResB: Body,
+    ResB::Error: Into<BoxError>,
+{
+    let token = match claim(&shared, &scope, &fingerprint).await {
+        Ok(Claim::Claimed(token)) => token,
+        Ok(Claim::Completed(stored)) => {
+            shared.emit(Kind::Replayed);
+            return Ok(replay(stored));
+        }
+        Ok(Claim::InFlight { retry_after }) => {
+            shared.emit(Kind::InFlight);
+            return Ok(IN_FLIGHT
+                .retry_after(retry_after.min(MAX_IN_FLIGHT_RETRY_AFTER))
+                .response());
+        }
+        Ok(Claim::Mismatch) => {
+            shared.emit(Kind::Mismatch);
+            return Ok(MISMATCH.response());
+        }
+        Err(_) if shared.config.fail_open => {
+            shared.emit(Kind::FailedOpen);
+            let res = inner.call(req).await.map_err(Into::into)?;
+            return Ok(res.map(ResponseBody::inner));
+        }
+        Err(_) => {
+            shared.emit(Kind::StoreUnavailable);
+            return Ok(UNAVAILABLE
+                .retry_after(shared.config.store_retry_after)
+                .response());
+        }
+    };
+    shared.emit(Kind::Claimed);
+    let renewal = shared
+        .config
+        .renew_lease
+        .then(|| tokio::spawn(renew_lease(shared.clone(), scope, token.clone())));
+    let mut guard = ClaimGuard {
+        shared: shared.clone(),
+        scope,
+        token,
+        armed: true,
+        renewal,
+    };
+    let res: Result<_, BoxError> = inner.call(req).await.map_err(Into::into);
+    let res = match res {
+        Ok(res) => res,
+        Err(e) => {
+            guard.release().await;
+            return Err(e);
+        }
+    };
+    if !shared.config.keep.keeps(res.status()) {
+        guard.release().await;
+        return Ok(res.map(ResponseBody::inner));
+    }
+    let (head, body) = res.into_parts();
+    let mut body = Box::pin(body);
+    let cap = shared.config.max_stored_body;
+    let mut buf = BytesMut::new();
+    let mut over_cap = false;
+    loop {
+        let frame: Option<Result<_, BoxError>> = body.frame().await.map(|f| f.map_err(Into::into));
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                guard.release().await;
+                return Err(e);
+            }
+        };
+        // Trailers are not stored (nor forwarded for a stored response).
+        if let Ok(mut data) = frame.into_data() {
+            let n = data.remaining();
+            buf.extend_from_slice(&data.copy_to_bytes(n));
+            if buf.len() > cap {
+                over_cap = true;
+                break;
+            }
+        }
+    }
+    let buf = buf.freeze();
+    let stored = StoredResponse::new(head.status, &head.headers, buf.clone(), over_cap);
+    // The claim ends here whatever the store says: stored, fenced, or left
+    // to expire with its lease if the store failed.
+    guard.disarm();
+    match shared
+        .store
+        .complete(
+            &scope,
+            &guard.token,
+            &fingerprint,
+            &stored,
+            shared.config.retention,
+        )
+        .await
+    {
+        Ok(Completion::Stored) if over_cap => shared.emit(Kind::StoredWithoutBody),
+        Ok(Completion::Stored) => shared.emit(Kind::Stored),
+        Ok(Completion::Fenced) => shared.emit(Kind::Fenced),
+        Err(_) => shared.emit(Kind::CompleteFailed),
+    }
+    let body = if over_cap {
+        ResponseBody::prefixed(buf, body)
+    } else {
+        ResponseBody::full(buf)
+    };
+    Ok(Response::from_parts(head, body))
+}
+
+/// Claims the key; in wait mode, polls while the key is in flight, until
+/// the wait bound.
+async fn claim<St: Store, L>(
+    shared: &Shared<St, L>,
+    scope: &StoreKey,
+    fingerprint: &Fingerprint,
+) -> Result<Claim, StoreError> {
+    let config = &shared.config;
+    let deadline = config.wait.map(|w| Instant::now() + w);
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let claim = shared.store.claim(scope, fingerprint, config.lease).await?;
+        let (Claim::InFlight { retry_after }, Some(deadline)) = (&claim, deadline) else {
+            return Ok(claim);
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(claim);
+        }
+        // Never sleep past the wait bound, nor past the holder's lease (the
+        // key may be taken over then).
+        let nap = pause
+            .min(deadline - now)
+            .min(*retry_after)
+            .max(Duration::from_millis(1));
+        tokio::time::sleep(nap).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
+    let (status, headers, body) = stored.into_parts();
+    let len = body.len();
+    let mut res = Response::new(ResponseBody::full(body));
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    res.headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    res.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    res
+}
+
+/// Renews the claim every third of its lease until the store refuses (the
+/// token lost the key) or the task is aborted (the claim ended). A store
+/// error skips one renewal: the lease has two more periods to be renewed.
+async fn renew_lease<St: Store, L>(
+    shared: Arc<Shared<St, L>>,
+    scope: StoreKey,
+    token: FencingToken,
+) {
+    let lease = shared.config.lease;
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        if let Ok(false) = shared.store.renew(&scope, &token, lease).await {
+            return;
+        }
+    }
+}
+
+/// Holds a claim while the handler runs; releases it by token if dropped
+/// armed (a panic unwinding, or the runtime dropping the task).
+struct ClaimGuard<St: Store, L: Listener<IdempotencyEvent>> {
+    shared: Arc<Shared<St, L>>,
+    scope: StoreKey,
+    token: FencingToken,
+    armed: bool,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl<St: Store, L: Listener<IdempotencyEvent>> ClaimGuard<St, L> {
+    fn stop_renewal(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+    }
+
+    async fn release(&mut self) {
+        self.stop_renewal();
+        if self.armed {
+            self.armed = false;
+            // A failed release leaves the claim to expire with its lease.
+            let _ = self.shared.store.release(&self.scope, &self.token).await;
+            self.shared.emit(Kind::Released);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.stop_renewal();
+        self.armed = false;
+    }
+}
+
+impl<St: Store, L: Listener<IdempotencyEvent>> Drop for ClaimGuard<St, L> {
+    fn drop(&mut self) {
+        self.stop_renewal();
+        if !self.armed {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let scope = self.scope;
+        let token = self.token.clone();
+        handle.spawn(async move {
+            let _ = shared.store.release(&scope, &token).await;
+            shared.emit(Kind::Released);
+        });
+    }
+}

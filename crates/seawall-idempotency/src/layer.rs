@@ -1,0 +1,477 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{Method, StatusCode};
+use seawall_core::{ConfigError, NoopListener};
+use tower_layer::Layer;
+
+use crate::service::Idempotency;
+use crate::store::MemoryStore;
+
+const LAYER: &str = "idempotency";
+
+/// Stores count time in whole milliseconds.
+const MIN_DURATION: Duration = Duration::from_millis(1);
+
+/// Which of the handler's responses are stored for replay.
+///
+/// The layer's own answers (400, 409, 413, 422, 503) are never stored.
+#[derive(Clone, Copy, Default)]
+pub enum KeepPolicy {
+    /// Keep every response the handler produced, errors included: a retry
+    /// gets the same 500 (Stripe's behaviour). The handler runs at most once
+    /// per key.
+    #[default]
+    All,
+    /// Release the key on 5xx and 429, so a retry runs the handler again.
+    /// Right when those statuses guarantee the handler had no effect.
+    ReleaseServerErrors,
+    /// Keep the responses for which the function returns `true`; release
+    /// the key for the others.
+    Custom(fn(StatusCode) -> bool),
+}
+
+impl KeepPolicy {
+    /// `true` if a response with `status` is stored.
+    pub fn keeps(&self, status: StatusCode) -> bool {
+        match self {
+            Self::All => true,
+            Self::ReleaseServerErrors => {
+                !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
+            }
+            Self::Custom(f) => f(status),
+        }
+    }
+}
+
+impl fmt::Debug for KeepPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("All"),
+            Self::ReleaseServerErrors => f.write_str("ReleaseServerErrors"),
+            Self::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Finds the tenant (or principal) of a request; see
+/// [`IdempotencyLayerBuilder::tenant`].
+pub(crate) type TenantFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+/// The validated settings shared by every service of one layer.
+// Independent on/off settings of a builder, not a state machine in disguise.
+#[allow(clippy::struct_excessive_bools)]
+pub(crate) struct Config {
+    pub(crate) name: Arc<str>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) require_key: bool,
+    pub(crate) lenient_keys: bool,
+    pub(crate) tenant: Option<Arc<TenantFn>>,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_stored_body: usize,
+    pub(crate) lease: Duration,
+    pub(crate) renew_lease: bool,
+    pub(crate) retention: Duration,
+    pub(crate) keep: KeepPolicy,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) fail_open: bool,
+    pub(crate) store_retry_after: Duration,
+}
+
+/// The state of one layer: settings, store and listener, shared by its
+/// services through an `Arc`.
+pub(crate) struct Shared<St, L> {
+    pub(crate) config: Config,
+    pub(crate) store: St,
+    pub(crate) listener: L,
+}
+
+/// Makes retried `POST`/`PATCH` requests safe: the handler runs once per
+/// `Idempotency-Key`, and repeats get the stored response.
+///
+/// See the [crate documentation](crate) for the behaviour, and
+/// [`IdempotencyLayer::builder`] for the settings.
+pub struct IdempotencyLayer<St = MemoryStore, L = NoopListener> {
+    shared: Arc<Shared<St, L>>,
+}
+
+impl<St, L> Clone for IdempotencyLayer<St, L> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<St: fmt::Debug, L> fmt::Debug for IdempotencyLayer<St, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.shared.config;
+        f.debug_struct("IdempotencyLayer")
+            .field("name", &c.name)
+            .field("methods", &c.methods)
+            .field("require_key", &c.require_key)
+            .field("lease", &c.lease)
+            .field("renew_lease", &c.renew_lease)
+            .field("retention", &c.retention)
+            .field("keep", &c.keep)
+            .field("store", &self.shared.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyLayer {
+    /// A layer with the default settings and a fresh [`MemoryStore`].
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config: IdempotencyLayerBuilder::new().config(),
+                store: MemoryStore::new(),
+                listener: NoopListener,
+            }),
+        }
+    }
+
+    /// A builder with the default settings.
+    pub fn builder() -> IdempotencyLayerBuilder {
+        IdempotencyLayerBuilder::new()
+    }
+}
+
+impl Default for IdempotencyLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<St, L> IdempotencyLayer<St, L> {
+    /// The store of this layer.
+    pub fn store(&self) -> &St {
+        &self.shared.store
+    }
+
+    /// The name of this layer instance.
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+}
+
+impl<S, St, L> Layer<S> for IdempotencyLayer<St, L> {
+    type Service = Idempotency<S, St, L>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds an [`IdempotencyLayer`]; [`build`](Self::build) checks the
+/// settings.
+#[must_use]
+#[allow(clippy::struct_excessive_bools)] // independent on/off settings
+pub struct IdempotencyLayerBuilder<St = MemoryStore, L = NoopListener> {
+    name: Arc<str>,
+    methods: Vec<Method>,
+    require_key: bool,
+    lenient_keys: bool,
+    tenant: Option<Arc<TenantFn>>,
+    max_request_body: usize,
+    max_stored_body: usize,
+    lease: Duration,
+    renew_lease: bool,
+    retention: Duration,
+    keep: KeepPolicy,
+    wait: Option<Duration>,
+    fail_open: bool,
+    store_retry_after: Duration,
+    store: St,
+    listener: L,
+}
+
+impl<St: fmt::Debug, L> fmt::Debug for IdempotencyLayerBuilder<St, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayerBuilder")
+            .field("name", &self.name)
+            .field("methods", &self.methods)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyLayerBuilder {
+    fn new() -> Self {
+        Self {
+            name: Arc::from(LAYER),
+            methods: vec![Method::POST, Method::PATCH],
+            require_key: false,
+            lenient_keys: false,
+            tenant: None,
+            max_request_body: 1024 * 1024,
+            max_stored_body: 1024 * 1024,
+            lease: Duration::from_secs(60),
+            renew_lease: false,
+            retention: Duration::from_secs(24 * 60 * 60),
+            keep: KeepPolicy::All,
+            wait: None,
+            fail_open: false,
+            store_retry_after: Duration::from_secs(1),
+            store: MemoryStore::new(),
+            listener: NoopListener,
+        }
+    }
+}
+
+impl<St, L> IdempotencyLayerBuilder<St, L> {
+    fn config(&self) -> Config {
+        Config {
+            name: self.name.clone(),
+            methods: self.methods.clone(),
+            require_key: self.require_key,
+            lenient_keys: self.lenient_keys,
+            tenant: self.tenant.clone(),
+            max_request_body: self.max_request_body,
+            max_stored_body: self.max_stored_body,
+            lease: self.lease,
+            renew_lease: self.renew_lease,
+            retention: self.retention,
+            keep: self.keep,
+            wait: self.wait,
+            fail_open: self.fail_open,
+            store_retry_after: self.store_retry_after,
+        }
+    }
+
+    /// The name of this instance, used in events and as part of every
+    /// record's scope: layers with different names never share records,
+    /// even in one store. Default `"idempotency"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The methods the layer applies to; others pass through untouched.
+    /// Default `POST` and `PATCH`.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Refuse requests of the configured methods that carry no key (400).
+    /// Default `false`: they pass through without idempotency.
+    pub fn require_key(mut self, require: bool) -> Self {
+        self.require_key = require;
+        self
+    }
+
+    /// Also accept an unquoted key (`Idempotency-Key: 8e03978e-40d5`), as
+    /// many Stripe clients send it. Default `false`: the key must be an
+    /// RFC 9651 string (`"8e03978e-40d5"`).
+    pub fn lenient_keys(mut self, lenient: bool) -> Self {
+        self.lenient_keys = lenient;
+        self
+    }
+
+    /// Scopes records by the tenant or principal `f` finds in the request
+    /// (for example from an extension set by authentication). Requests of
+    /// different tenants never share a record; `None` is its own scope.
+    pub fn tenant<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.tenant = Some(Arc::new(f));
+        self
+    }
+
+    /// The largest request body buffered for the fingerprint; a larger one
+    /// gets 413 and the store is not touched. Default 1 MiB.
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.max_request_body = bytes;
+        self
+    }
+
+    /// The largest response body stored; a larger response is stored
+    /// without its body (a replay gets the status and headers with an empty
+    /// body). Default 1 MiB.
+    pub fn max_stored_body(mut self, bytes: usize) -> Self {
+        self.max_stored_body = bytes;
+        self
+    }
+
+    /// How long a claim holds its key. A handler still running after this
+    /// loses the key: the next request runs the handler again, and the slow
+    /// one's response is not stored. Default 60 s; set it above the
+    /// handler's worst-case duration.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Renew the lease while the handler runs (every third of the lease), so
+    /// a handler slower than the lease keeps its key. A process that dies
+    /// stops renewing, and its keys free one lease after the crash. Default
+    /// `false`. Needs a store that implements [`Store::renew`]; the shipped
+    /// ones do.
+    ///
+    /// [`Store::renew`]: crate::Store::renew
+    pub fn renew_lease(mut self, renew: bool) -> Self {
+        self.renew_lease = renew;
+        self
+    }
+
+    /// How long a completed response is kept for replay. Default 24 h.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Which responses are stored; default [`KeepPolicy::All`].
+    pub fn keep(mut self, keep: KeepPolicy) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    /// Wait mode: a repeat that finds its key in flight waits up to `max`
+    /// for the first request to complete and gets its response (or runs the
+    /// handler if the first released the key), instead of an immediate 409.
+    pub fn wait_in_flight(mut self, max: Duration) -> Self {
+        self.wait = Some(max);
+        self
+    }
+
+    /// When the store fails, run the handler anyway (without idempotency)
+    /// instead of answering 503. Default `false` (fail closed).
+    pub fn fail_open(mut self, fail_open: bool) -> Self {
+        self.fail_open = fail_open;
+        self
+    }
+
+    /// The `Retry-After` of the 503 sent when the store fails. Default 1 s.
+    pub fn store_retry_after(mut self, after: Duration) -> Self {
+        self.store_retry_after = after;
+        self
+    }
+
+    /// The store of records; default a [`MemoryStore`].
+    pub fn store<St2>(self, store: St2) -> IdempotencyLayerBuilder<St2, L> {
+        IdempotencyLayerBuilder {
+            name: self.name,
+            methods: self.methods,
+            require_key: self.require_key,
+            lenient_keys: self.lenient_keys,
+            tenant: self.tenant,
+            max_request_body: self.max_request_body,
+            max_stored_body: self.max_stored_body,
+            lease: self.lease,
+            renew_lease: self.renew_lease,
+            retention: self.retention,
+            keep: self.keep,
+            wait: self.wait,
+            fail_open: self.fail_open,
+            store_retry_after: self.store_retry_after,
+            store,
+            listener: self.listener,
+        }
+    }
+
+    /// The listener of [`IdempotencyEvent`](crate::IdempotencyEvent)s.
+    pub fn listener<L2>(self, listener: L2) -> IdempotencyLayerBuilder<St, L2> {
+        IdempotencyLayerBuilder {
+            name: self.name,
+            methods: self.methods,
+            require_key: self.require_key,
+            lenient_keys: self.lenient_keys,
+            tenant: self.tenant,
+            max_request_body: self.max_request_body,
+            max_stored_body: self.max_stored_body,
+            lease: self.lease,
+            renew_lease: self.renew_lease,
+            retention: self.retention,
+            keep: self.keep,
+            wait: self.wait,
+            fail_open: self.fail_open,
+            store_retry_after: self.store_retry_after,
+            store: self.store,
+            listener,
+        }
+    }
+
+    /// Checks the settings and builds the layer.
+    pub fn build(self) -> Result<IdempotencyLayer<St, L>, ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new(LAYER, "name", "must not be empty"));
+        }
+        if self.methods.is_empty() {
+            return Err(ConfigError::new(
+                LAYER,
+                "methods",
+                "must name at least one method",
+            ));
+        }
+        if self.lease < MIN_DURATION {
+            return Err(ConfigError::new(LAYER, "lease", "must be at least 1 ms"));
+        }
+        if self.retention < MIN_DURATION {
+            return Err(ConfigError::new(
+                LAYER,
+                "retention",
+                "must be at least 1 ms",
+            ));
+        }
+        if self.wait.is_some_and(|w| w.is_zero()) {
+            return Err(ConfigError::new(
+                LAYER,
+                "wait_in_flight",
+                "must be greater than zero",
+            ));
+        }
+        Ok(IdempotencyLayer {
+            shared: Arc::new(Shared {
+                config: self.config(),
+                store: self.store,
+                listener: self.listener,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        let err = IdempotencyLayer::builder()
+            .lease(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "lease");
+        let err = IdempotencyLayer::builder()
+            .retention(Duration::from_micros(10))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "retention");
+        let err = IdempotencyLayer::builder().methods([]).build().unwrap_err();
+        assert_eq!(err.field(), "methods");
+        let err = IdempotencyLayer::builder().name("").build().unwrap_err();
+        assert_eq!(err.field(), "name");
+        let err = IdempotencyLayer::builder()
+            .wait_in_flight(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "wait_in_flight");
+        assert!(IdempotencyLayer::builder().build().is_ok());
+    }
+
+    #[test]
+    fn keep_policies() {
+        assert!(KeepPolicy::All.keeps(StatusCode::INTERNAL_SERVER_ERROR));
+        let p = KeepPolicy::ReleaseServerErrors;
+        assert!(!p.keeps(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!p.keeps(StatusCode::TOO_MANY_REQUESTS));
+        assert!(p.keeps(StatusCode::BAD_REQUEST));
+        assert!(p.keeps(StatusCode::CREATED));
+        let only_2xx = KeepPolicy::Custom(|s| s.is_success());
+        assert!(only_2xx.keeps(StatusCode::OK));
+        assert!(!only_2xx.keeps(StatusCode::NOT_FOUND));
+    }
+}
