@@ -1,5 +1,5 @@
 use tower::ServiceBuilder;
-#[cfg(any(feature = "http", feature = "idempotency"))]
+#[cfg(any(feature = "http", feature = "idempotency", feature = "bulkhead"))]
 use tower_layer::Stack;
 
 mod sealed {
@@ -35,6 +35,14 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: crate::idempotency::IdempotencyLayer<St, Li>,
     ) -> ServiceBuilder<Stack<crate::idempotency::IdempotencyLayer<St, Li>, L>>;
+    /// Bounds concurrency with a bulkhead; see
+    /// [`BulkheadLayer`](crate::bulkhead::BulkheadLayer).
+    #[cfg(feature = "bulkhead")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
+    fn bulkhead<P, C>(
+        self,
+        layer: crate::bulkhead::BulkheadLayer<P, C>,
+    ) -> ServiceBuilder<Stack<crate::bulkhead::BulkheadLayer<P, C>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -48,6 +56,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::idempotency::IdempotencyLayer<St, Li>,
     ) -> ServiceBuilder<Stack<crate::idempotency::IdempotencyLayer<St, Li>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "bulkhead")]
+    fn bulkhead<P, C>(
+        self,
+        layer: crate::bulkhead::BulkheadLayer<P, C>,
+    ) -> ServiceBuilder<Stack<crate::bulkhead::BulkheadLayer<P, C>, L>> {
         self.layer(layer)
     }
 }
