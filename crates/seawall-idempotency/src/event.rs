@@ -35,8 +35,10 @@ pub enum IdempotencyEventKind {
     /// The completion was refused: the claim's lease had ended and another
     /// request may have taken the key over.
     Fenced,
-    /// The claim was released (handler error, a status the policy does not
-    /// keep, a panic), so a retry runs the handler again.
+    /// The claim was given up (handler error, a status the policy does not
+    /// keep, a panic), so a retry runs the handler again. Emitted once the
+    /// release was attempted: if the store failed it, the key frees when its
+    /// lease ends.
     Released,
     /// The store failed; the request got 503 (fail-closed).
     StoreUnavailable,

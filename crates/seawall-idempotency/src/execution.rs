@@ -262,8 +262,15 @@ fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
     *res.headers_mut() = headers;
     res.headers_mut()
         .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    res.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    // RFC 9110 §8.6: no Content-Length in a 1xx or 204; in a 304 it would
+    // describe the selected representation, which is not stored.
+    let framed = !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED);
+    if framed {
+        res.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
     res
 }
 
@@ -333,5 +340,34 @@ impl<St: Store, L: Listener<IdempotencyEvent>> Drop for ClaimGuard<St, L> {
             let _ = shared.store.release(&scope, &token).await;
             shared.emit(Kind::Released);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::HeaderMap;
+    use http_body_util::Full;
+
+    fn replayed(status: StatusCode, body: &'static [u8]) -> Response<ResponseBody<Full<Bytes>>> {
+        let stored =
+            StoredResponse::new(status, &HeaderMap::new(), Bytes::from_static(body), false);
+        replay(stored)
+    }
+
+    #[test]
+    fn replay_recomputes_content_length_where_http_allows_one() {
+        let res = replayed(StatusCode::CREATED, b"created");
+        assert_eq!(res.headers()[CONTENT_LENGTH], "7");
+        assert_eq!(res.headers()[IDEMPOTENT_REPLAYED], "true");
+        assert_eq!(replayed(StatusCode::OK, b"").headers()[CONTENT_LENGTH], "0");
+        // RFC 9110 §8.6: never in a 1xx or 204; in a 304 it would describe
+        // the selected representation, which is not stored.
+        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+            let res = replayed(status, b"");
+            assert!(!res.headers().contains_key(CONTENT_LENGTH), "{status}");
+            assert_eq!(res.headers()[IDEMPOTENT_REPLAYED], "true");
+        }
     }
 }

@@ -15,6 +15,11 @@ const LAYER: &str = "idempotency";
 /// Stores count time in whole milliseconds.
 const MIN_DURATION: Duration = Duration::from_millis(1);
 
+/// The longest lease, retention or wait: 100 years. Far beyond any real
+/// setting, and well within what `Instant`, Redis (`PX`) and PostgreSQL
+/// (`interval`, `timestamptz`) can add to the current time.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Which of the handler's responses are stored for replay.
 ///
 /// The layer's own answers (400, 409, 413, 422, 503) are never stored.
@@ -395,7 +400,9 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
         }
     }
 
-    /// Checks the settings and builds the layer.
+    /// Checks the settings and builds the layer: a non-empty name and
+    /// method list, and a lease, retention and wait bound each between 1 ms
+    /// and 100 years.
     pub fn build(self) -> Result<IdempotencyLayer<St, L>, ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::new(LAYER, "name", "must not be empty"));
@@ -423,6 +430,15 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
                 "wait_in_flight",
                 "must be greater than zero",
             ));
+        }
+        for (field, d) in [
+            ("lease", Some(self.lease)),
+            ("retention", Some(self.retention)),
+            ("wait_in_flight", self.wait),
+        ] {
+            if d.is_some_and(|d| d > MAX_DURATION) {
+                return Err(ConfigError::new(LAYER, field, "must be at most 100 years"));
+            }
         }
         Ok(IdempotencyLayer {
             shared: Arc::new(Shared {
@@ -460,6 +476,34 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.field(), "wait_in_flight");
         assert!(IdempotencyLayer::builder().build().is_ok());
+    }
+
+    #[test]
+    fn durations_no_store_can_count_are_refused() {
+        // `Instant + Duration::MAX` panics, and Redis and PostgreSQL refuse
+        // such expiries: a "keep forever" setting must fail at build time,
+        // not on the first request or when storing its response.
+        let err = IdempotencyLayer::builder()
+            .retention(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "retention");
+        let err = IdempotencyLayer::builder()
+            .lease(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "lease");
+        let err = IdempotencyLayer::builder()
+            .wait_in_flight(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "wait_in_flight");
+        assert!(IdempotencyLayer::builder()
+            .retention(MAX_DURATION)
+            .lease(MAX_DURATION)
+            .wait_in_flight(MAX_DURATION)
+            .build()
+            .is_ok());
     }
 
     #[test]

@@ -68,7 +68,10 @@ impl Problem {
 /// Whole seconds, rounded up so a client never comes back early, and at
 /// least 1.
 pub(crate) fn retry_after_secs(after: Duration) -> u64 {
-    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)
+    after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0))
+        .max(1)
 }
 
 fn push_json_str(out: &mut String, s: &str) {
@@ -115,5 +118,6 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
         assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
         assert_eq!(retry_after_secs(Duration::from_millis(3_001)), 4);
+        assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
     }
 }

@@ -137,7 +137,9 @@ impl StoredResponse {
             let name = HeaderName::from_bytes(r.take(n)?).ok()?;
             let n = r.u32()? as usize;
             let value = HeaderValue::from_bytes(r.take(n)?).ok()?;
-            headers.append(name, value);
+            // `append` panics past the map's size limit: a forged record
+            // must not take the process down.
+            headers.try_append(name, value).ok()?;
         }
         let body = Bytes::copy_from_slice(r.0);
         Some((
@@ -239,6 +241,25 @@ mod tests {
         let (_, back) =
             StoredResponse::decode(&r.encode(&Fingerprint::from_bytes([0; 32]))).unwrap();
         assert!(back.body_omitted());
+    }
+
+    #[test]
+    fn a_record_with_more_header_names_than_a_header_map_holds_is_refused() {
+        // A corrupt or forged value in a shared store: more distinct names
+        // than `HeaderMap` can index, where `append` would panic.
+        let count: u32 = 40_000;
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&[0; 32]);
+        bytes.extend_from_slice(&200u16.to_be_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&count.to_be_bytes());
+        for i in 0..count {
+            let name = format!("x-{i}");
+            bytes.extend_from_slice(&(name.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.extend_from_slice(&0u32.to_be_bytes());
+        }
+        assert!(StoredResponse::decode(&bytes).is_none());
     }
 
     proptest::proptest! {

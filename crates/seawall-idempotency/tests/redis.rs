@@ -340,8 +340,10 @@ async fn renew_extends_the_ttl_of_the_holder_only() {
     let store = RedisStore::with_connection(conn.clone()).prefix(prefix.clone());
     let key = StoreKey::new("renew", None, "k");
     let fp = Fingerprint::from_bytes([7; 32]);
+    // A lease short enough to tell from the renewed one, long enough that a
+    // loaded machine does not end it before the renewal.
     let Claim::Claimed(token) = store
-        .claim(&key, &fp, Duration::from_secs(2))
+        .claim(&key, &fp, Duration::from_secs(10))
         .await
         .unwrap()
     else {

@@ -15,8 +15,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use seawall_idempotency::store::StoreFuture;
 use seawall_idempotency::{
-    HandlerPanicked, IdempotencyLayer, KeepPolicy, RequestBody, ResponseBody, Store, StoreKey,
+    Claim, Completion, FencingToken, Fingerprint, HandlerPanicked, IdempotencyLayer, KeepPolicy,
+    RequestBody, ResponseBody, Store, StoreKey, StoredResponse,
 };
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneSyncService;
@@ -370,9 +372,70 @@ pub async fn check_in_flight<St: Store>(store: St, name: &str) {
     assert_eq!(h.runs(), 1);
 }
 
+/// A store that signals `in_flight` each time a claim finds its key in
+/// flight, so a check can wait for a request to be *seen* waiting instead of
+/// hoping a yield was long enough.
+pub struct Watched<St> {
+    inner: St,
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl<St> Watched<St> {
+    pub fn new(inner: St) -> Self {
+        Self {
+            inner,
+            in_flight: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl<St: Store> Store for Watched<St> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
+        lease: Duration,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(async move {
+            let claim = self.inner.claim(key, fingerprint, lease).await?;
+            if matches!(claim, Claim::InFlight { .. }) {
+                self.in_flight.add_permits(1);
+            }
+            Ok(claim)
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a FencingToken,
+        fingerprint: &'a Fingerprint,
+        response: &'a StoredResponse,
+        retention: Duration,
+    ) -> StoreFuture<'a, Completion> {
+        self.inner
+            .complete(key, token, fingerprint, response, retention)
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: &'a FencingToken) -> StoreFuture<'a, bool> {
+        self.inner.release(key, token)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a FencingToken,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.renew(key, token, lease)
+    }
+}
+
 /// Wait mode: the repeat waits for the first and replays its response.
 pub async fn check_wait_mode<St: Store>(store: St, name: &str) {
     let h = Handler::new();
+    let store = Watched::new(store);
+    let seen_in_flight = store.in_flight.clone();
     let svc = service(
         layer(store, name)
             .wait_in_flight(Duration::from_secs(10))
@@ -393,8 +456,9 @@ pub async fn check_wait_mode<St: Store>(store: St, name: &str) {
         let svc = svc.clone();
         async move { ok(&svc, req(Some("\"w\""), "{}")).await }
     });
-    // Let the repeat find the key in flight before the first completes.
-    tokio::task::yield_now().await;
+    // The repeat must find the key in flight (and wait) before the first
+    // completes; otherwise it would be a plain replay and prove nothing.
+    seen_in_flight.acquire().await.unwrap().forget();
     h.gate.add_permits(1);
     let first = first.await.unwrap();
     let repeat = repeat.await.unwrap();
