@@ -1,5 +1,12 @@
 use tower::ServiceBuilder;
-#[cfg(any(feature = "http", feature = "idempotency", feature = "bulkhead"))]
+#[cfg(any(
+    feature = "http",
+    feature = "idempotency",
+    feature = "bulkhead",
+    feature = "retry",
+    feature = "circuit-breaker",
+    feature = "fallback"
+))]
 use tower_layer::Stack;
 
 mod sealed {
@@ -43,6 +50,15 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: crate::bulkhead::BulkheadLayer<P, C>,
     ) -> ServiceBuilder<Stack<crate::bulkhead::BulkheadLayer<P, C>, L>>;
+    /// Retries failed requests with jittered backoff, a shared retry budget
+    /// and the server's hints; see
+    /// [`JitterRetryLayer`](crate::retry::JitterRetryLayer).
+    #[cfg(feature = "retry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+    fn jitter_retry<P, C, Li, R>(
+        self,
+        layer: crate::retry::JitterRetryLayer<P, C, Li, R>,
+    ) -> ServiceBuilder<Stack<crate::retry::JitterRetryLayer<P, C, Li, R>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -64,6 +80,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::bulkhead::BulkheadLayer<P, C>,
     ) -> ServiceBuilder<Stack<crate::bulkhead::BulkheadLayer<P, C>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "retry")]
+    fn jitter_retry<P, C, Li, R>(
+        self,
+        layer: crate::retry::JitterRetryLayer<P, C, Li, R>,
+    ) -> ServiceBuilder<Stack<crate::retry::JitterRetryLayer<P, C, Li, R>, L>> {
         self.layer(layer)
     }
 }

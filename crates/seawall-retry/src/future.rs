@@ -1,0 +1,374 @@
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use rand::{RngCore, SeedableRng};
+use seawall_core::{rejection, BoxError, Classify, Listener};
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use crate::backoff::Delays;
+use crate::error::AttemptTimeout;
+use crate::event::{GiveUpReason, RetryCause, RetryEvent};
+use crate::layer::Config;
+use crate::replay::{Attempt, ReadHint, Replay, Staged};
+
+pin_project! {
+    /// The response future of [`JitterRetry`](crate::JitterRetry).
+    pub struct ResponseFuture<S, P, C, L, R, Req>
+    where
+        P: Replay<Req>,
+        S: Service<P::Request>,
+    {
+        #[pin]
+        state: State<P::Pending, S::Future>,
+        service: S,
+        copy: Option<P::Copy>,
+        config: Arc<Config<P, C, L>>,
+        deadline: Option<Instant>,
+        // Boxed and created only when needed (a retry, or an attempt
+        // timeout), so the success path carries eight bytes for it and
+        // neither reads the clock nor seeds an RNG.
+        retrying: Option<Pin<Box<Retrying<R>>>>,
+        _req: PhantomData<fn(Req)>,
+    }
+}
+
+pin_project! {
+    /// What a request carries once it needs more than one plain attempt.
+    struct Retrying<R> {
+        attempt: u32,
+        schedule: Option<(Delays, R)>,
+        // The attempt timeout while an attempt runs, the backoff between
+        // attempts: never both at once, so one timer serves both.
+        #[pin]
+        timer: Sleep,
+    }
+}
+
+impl<R> Retrying<R> {
+    /// Sets the timer `after` from now, creating the retry state if needed.
+    fn arm(slot: &mut Option<Pin<Box<Self>>>, after: Duration) -> Pin<&mut Self> {
+        let fresh = slot.is_none();
+        let retrying = slot.get_or_insert_with(|| {
+            Box::pin(Retrying {
+                attempt: 1,
+                schedule: None,
+                timer: tokio::time::sleep(after),
+            })
+        });
+        if !fresh {
+            let at = Instant::now().checked_add(after).unwrap_or_else(far_future);
+            retrying.as_mut().project().timer.reset(at);
+        }
+        retrying.as_mut()
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, SF> {
+        Staging { #[pin] fut: F },
+        Calling { #[pin] fut: SF },
+        Timed { #[pin] fut: SF },
+        Waiting,
+        Readying,
+        Done,
+    }
+}
+
+impl<S, P, C, L, R, Req> fmt::Debug for ResponseFuture<S, P, C, L, R, Req>
+where
+    P: Replay<Req>,
+    S: Service<P::Request>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Staging { .. } => "staging",
+            State::Calling { .. } | State::Timed { .. } => "calling",
+            State::Waiting => "waiting",
+            State::Readying => "readying",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("attempt", &self.retrying.as_ref().map_or(1, |r| r.attempt))
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+#[inline]
+fn start<S: Service<Req>, Req, F, R>(
+    service: &mut S,
+    request: Req,
+    timeout: Option<Duration>,
+    retrying: &mut Option<Pin<Box<Retrying<R>>>>,
+) -> State<F, S::Future> {
+    let fut = service.call(request);
+    match timeout {
+        Some(t) => {
+            Retrying::arm(retrying, t);
+            State::Timed { fut }
+        }
+        None => State::Calling { fut },
+    }
+}
+
+/// About thirty years from now, as tokio itself uses for "never".
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+impl<S, P, C, L, R, Req> ResponseFuture<S, P, C, L, R, Req>
+where
+    P: Replay<Req>,
+    S: Service<P::Request>,
+{
+    #[inline]
+    pub(crate) fn new(
+        mut service: S,
+        config: Arc<Config<P, C, L>>,
+        deadline: Option<Instant>,
+        staged: Staged<P::Request, P::Copy, P::Pending>,
+    ) -> Self {
+        let mut retrying = None;
+        let (state, copy) = match staged {
+            Staged::Ready { request, copy } => (
+                start(&mut service, request, config.attempt_timeout, &mut retrying),
+                copy,
+            ),
+            Staged::Pending(fut) => (State::Staging { fut }, None),
+        };
+        Self {
+            state,
+            service,
+            copy,
+            config,
+            deadline,
+            retrying,
+            _req: PhantomData,
+        }
+    }
+}
+
+impl<S, P, C, L, R, Req> Future for ResponseFuture<S, P, C, L, R, Req>
+where
+    P: Replay<Req> + ReadHint<S::Response>,
+    S: Service<P::Request>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, BoxError>,
+    L: Listener<RetryEvent>,
+    R: RngCore + SeedableRng,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let result = match this.state.as_mut().project() {
+                StateProj::Staging { fut } => {
+                    let staged = ready!(fut.poll(cx));
+                    match staged {
+                        Ok((request, copy)) => {
+                            *this.copy = copy;
+                            // Still holds the readiness granted before `call`.
+                            let next = start(
+                                this.service,
+                                request,
+                                this.config.attempt_timeout,
+                                this.retrying,
+                            );
+                            this.state.set(next);
+                            continue;
+                        }
+                        Err(e) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+                StateProj::Calling { fut } => ready!(fut.poll(cx)).map_err(Into::into),
+                StateProj::Timed { fut } => match fut.poll(cx) {
+                    Poll::Ready(res) => res.map_err(Into::into),
+                    Poll::Pending => {
+                        let Some(retrying) = this.retrying.as_mut() else {
+                            return Poll::Pending;
+                        };
+                        ready!(retrying.as_mut().project().timer.poll(cx));
+                        Err(Box::new(AttemptTimeout::new()) as BoxError)
+                    }
+                },
+                StateProj::Waiting => {
+                    if let Some(retrying) = this.retrying.as_mut() {
+                        ready!(retrying.as_mut().project().timer.poll(cx));
+                    }
+                    this.state.set(State::Readying);
+                    continue;
+                }
+                StateProj::Readying => {
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let Some(copy) = this.copy.as_ref() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err("retry without a request copy".into()));
+                    };
+                    let attempt = this.retrying.as_ref().map_or(1, |r| r.attempt);
+                    let request = this.config.replay.replay(copy, Attempt::new(attempt));
+                    let next = start(
+                        this.service,
+                        request,
+                        this.config.attempt_timeout,
+                        this.retrying,
+                    );
+                    this.state.set(next);
+                    continue;
+                }
+                StateProj::Done => {
+                    return Poll::Ready(Err("retry future polled after completion".into()));
+                }
+            };
+
+            // The success path stops here: one classification, no clock, no
+            // RNG, no budget withdrawal.
+            if !this
+                .config
+                .classifier
+                .classify(result.as_ref())
+                .is_failure()
+                || this.copy.is_none()
+            {
+                this.state.set(State::Done);
+                return Poll::Ready(result);
+            }
+            if let Some(delay) = decide(this.config, &result, *this.deadline, this.retrying) {
+                drop(result);
+                // A zero delay (constant zero backoff) must not wait for a
+                // timer tick.
+                this.state.set(if delay.is_zero() {
+                    State::Readying
+                } else {
+                    State::Waiting
+                });
+            } else {
+                this.state.set(State::Done);
+                return Poll::Ready(result);
+            }
+        }
+    }
+}
+
+/// Whether to retry a failed attempt: if so, the delay, with the timer set
+/// to it and the attempt number advanced.
+#[cold]
+fn decide<P, C, L, R, Res>(
+    config: &Config<P, C, L>,
+    result: &Result<Res, BoxError>,
+    deadline: Option<Instant>,
+    retrying: &mut Option<Pin<Box<Retrying<R>>>>,
+) -> Option<Duration>
+where
+    P: ReadHint<Res>,
+    L: Listener<RetryEvent>,
+    R: RngCore + SeedableRng,
+{
+    let attempt = retrying.as_ref().map_or(1, |r| r.attempt);
+    let give_up = |reason| {
+        if L::ENABLED {
+            config.listener.on_event(&RetryEvent::RetriesExhausted {
+                layer: config.name.clone(),
+                attempts: attempt,
+                reason,
+            });
+        }
+        None
+    };
+    if attempt >= config.max_attempts {
+        return give_up(GiveUpReason::MaxAttempts);
+    }
+    let (hint, cause) = match result {
+        Ok(res) => (config.replay.hint(res), RetryCause::Response),
+        Err(e) => match rejection::find(&**e) {
+            Some(r) => (r.retry_after(), RetryCause::Rejection(r.kind())),
+            None => (None, RetryCause::Error),
+        },
+    };
+    if hint.is_some_and(|h| h > config.max_delay) {
+        return give_up(GiveUpReason::HintTooLong);
+    }
+    let mut state = Retrying::arm(retrying, Duration::ZERO).project();
+    let (schedule, rng) = state.schedule.get_or_insert_with(|| {
+        (
+            Delays::new(config.backoff, config.jitter, config.max_delay),
+            R::seed_from_u64(config.next_seed()),
+        )
+    });
+    let delay = schedule.next_delay(rng).max(hint.unwrap_or_default());
+    if let Some(deadline) = deadline {
+        if Instant::now()
+            .checked_add(delay)
+            .is_none_or(|end| end > deadline)
+        {
+            return give_up(GiveUpReason::Deadline);
+        }
+    }
+    if let Some(budget) = &config.budget {
+        if !budget.withdraw() {
+            if L::ENABLED {
+                config.listener.on_event(&RetryEvent::BudgetExhausted {
+                    layer: config.name.clone(),
+                    attempts: attempt,
+                });
+            }
+            return None;
+        }
+    }
+    if L::ENABLED {
+        config.listener.on_event(&RetryEvent::RetryScheduled {
+            layer: config.name.clone(),
+            attempt,
+            delay,
+            cause,
+            hint,
+        });
+    }
+    let at = Instant::now().checked_add(delay).unwrap_or_else(far_future);
+    state.timer.as_mut().reset(at);
+    *state.attempt += 1;
+    Some(delay)
+}
+#[cfg(test)]
+mod tests {
+    use crate::{CloneRequest, ErrorsFail, ResponseFuture};
+    use std::convert::Infallible;
+    use std::future::Ready;
+
+    type Leaf = tower::util::ServiceFn<fn([u64; 4]) -> Ready<Result<[u64; 4], Infallible>>>;
+
+    /// The success path moves this future at least once; past 128 bytes the
+    /// move becomes a `memmove` call, measurably slower. Everything only a
+    /// retry needs lives behind one box.
+    #[test]
+    fn the_future_stays_small() {
+        type F = ResponseFuture<
+            Leaf,
+            CloneRequest,
+            ErrorsFail,
+            seawall_core::NoopListener,
+            rand::rngs::SmallRng,
+            [u64; 4],
+        >;
+        assert!(
+            std::mem::size_of::<F>() <= 128,
+            "{}",
+            std::mem::size_of::<F>()
+        );
+    }
+}

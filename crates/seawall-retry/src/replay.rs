@@ -1,0 +1,648 @@
+//! Keeping a request so it can be sent again: plain clones for generic
+//! requests, buffered bodies and idempotency rules for HTTP.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use seawall_core::BoxError;
+
+/// The attempt number of a request, put in the request's extensions by
+/// [`HttpReplay`] on every retry (2 for the first retry, 3 for the next...).
+///
+/// The first attempt carries none, so that a request that succeeds at once
+/// costs no extra allocation: read it with [`Attempt::of`], which gives
+/// [`Attempt::FIRST`] when it is absent. A service below the retry layer can
+/// use it to log retries or to add a header:
+///
+/// ```
+/// use seawall_retry::Attempt;
+///
+/// let mut req = http::Request::new(());
+/// assert_eq!(Attempt::of(&req), Attempt::FIRST);
+/// req.extensions_mut().insert(Attempt::new(2));
+/// assert_eq!(Attempt::of(&req).get(), 2);
+/// assert!(Attempt::of(&req).is_retry());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attempt(u32);
+
+impl Attempt {
+    /// The first attempt.
+    pub const FIRST: Attempt = Attempt(1);
+
+    /// Attempt number `n` (1-based; 0 reads as 1).
+    pub const fn new(n: u32) -> Self {
+        if n == 0 {
+            Attempt(1)
+        } else {
+            Attempt(n)
+        }
+    }
+
+    /// The attempt of `request`: the one in its extensions, or the first.
+    pub fn of<B>(request: &Request<B>) -> Attempt {
+        Self::from_extensions(request.extensions())
+    }
+
+    /// The attempt recorded in `extensions`, or the first.
+    pub fn from_extensions(extensions: &http::Extensions) -> Attempt {
+        extensions
+            .get::<Attempt>()
+            .copied()
+            .unwrap_or(Attempt::FIRST)
+    }
+
+    /// The attempt number, counting the first attempt as 1.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// `true` from the second attempt on.
+    pub const fn is_retry(self) -> bool {
+        self.0 > 1
+    }
+}
+
+/// What [`Replay::stage`] decided for a request.
+#[derive(Debug)]
+pub enum Staged<R, C, F> {
+    /// The request can be sent now; `copy` is `Some` if it may be retried.
+    Ready {
+        /// The request for the first attempt.
+        request: R,
+        /// What is kept to rebuild it, if it may be retried.
+        copy: Option<C>,
+    },
+    /// The request must first be prepared (its body read), asynchronously.
+    Pending(F),
+}
+
+/// How a retry layer keeps a request so it can send it again.
+///
+/// Implemented by [`CloneRequest`] (any `Req: Clone`) and [`HttpReplay`]
+/// (`http::Request` with a streaming body). Implement it to retry requests
+/// that are neither, e.g. to re-open a file for each attempt.
+pub trait Replay<Req> {
+    /// The request type sent to the inner service.
+    type Request;
+    /// What is kept between attempts.
+    type Copy;
+    /// Prepares a request asynchronously (reads its body).
+    type Pending: Future<Output = Result<(Self::Request, Option<Self::Copy>), BoxError>>;
+
+    /// Prepares `req` for its first attempt. `retryable` is `false` when the
+    /// layer will not retry anyway (one attempt allowed), so no copy is
+    /// needed.
+    fn stage(&self, req: Req, retryable: bool) -> Staged<Self::Request, Self::Copy, Self::Pending>;
+
+    /// Rebuilds the request for attempt `attempt`.
+    fn replay(&self, copy: &Self::Copy, attempt: Attempt) -> Self::Request;
+}
+
+/// How long a response asks the client to wait before retrying.
+///
+/// [`HttpReplay`] reads `Retry-After` and `grpc-retry-pushback-ms` from HTTP
+/// responses; [`CloneRequest`] knows no hints.
+pub trait ReadHint<Res> {
+    /// The server's requested delay, if any.
+    fn hint(&self, response: &Res) -> Option<Duration>;
+}
+
+/// Retries any `Req: Clone` by cloning it before the first attempt.
+///
+/// A generic request has no extensions, so it carries no [`Attempt`];
+/// implement [`Replay`] to number attempts of a request type of your own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloneRequest;
+
+impl<Req: Clone> Replay<Req> for CloneRequest {
+    type Request = Req;
+    type Copy = Req;
+    type Pending = std::future::Pending<Result<(Req, Option<Req>), BoxError>>;
+
+    #[inline]
+    fn stage(&self, req: Req, retryable: bool) -> Staged<Req, Req, Self::Pending> {
+        let copy = retryable.then(|| req.clone());
+        Staged::Ready { request: req, copy }
+    }
+
+    #[inline]
+    fn replay(&self, copy: &Req, _attempt: Attempt) -> Req {
+        copy.clone()
+    }
+}
+
+impl<Res> ReadHint<Res> for CloneRequest {
+    #[inline]
+    fn hint(&self, _response: &Res) -> Option<Duration> {
+        None
+    }
+}
+
+/// The `Idempotency-Key` header (IETF draft `httpapi-idempotency-key-header`).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The default body limit of [`HttpReplay`]: 64 KiB.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// Retries HTTP requests safely.
+///
+/// - Only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) or
+///   requests carrying an `Idempotency-Key` header are retried, unless
+///   [`any_method`](HttpReplay::any_method) is set: a POST that reached the
+///   server once may have had its effect, and sending it again could charge a
+///   card twice.
+/// - Request bodies up to [`body_limit`](HttpReplay::body_limit) (default
+///   64 KiB) are read into memory before the first attempt so that they can be
+///   sent again. A body announced larger than the limit is sent as it comes
+///   and never retried; a streaming body that turns out larger is sent once,
+///   the bytes already read first and the rest of the stream after them.
+/// - Each retry carries its [`Attempt`] in the request's extensions.
+/// - The delay a response asks for (`Retry-After`, `grpc-retry-pushback-ms`)
+///   is read as a hint.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpReplay {
+    body_limit: usize,
+    any_method: bool,
+}
+
+impl Default for HttpReplay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpReplay {
+    /// Idempotent methods and `Idempotency-Key` requests, bodies up to 64 KiB.
+    pub const fn new() -> Self {
+        Self {
+            body_limit: DEFAULT_BODY_LIMIT,
+            any_method: false,
+        }
+    }
+
+    /// The largest body buffered for replay.
+    #[must_use]
+    pub const fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Retries every method, including POST and PATCH without an
+    /// `Idempotency-Key` (for APIs known to be idempotent, e.g. gRPC methods
+    /// that are).
+    #[must_use]
+    pub const fn any_method(mut self, yes: bool) -> Self {
+        self.any_method = yes;
+        self
+    }
+
+    /// `true` if a request with this method and headers may be retried.
+    pub fn may_retry(&self, method: &Method, headers: &HeaderMap) -> bool {
+        self.any_method
+            || matches!(
+                *method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::PUT
+                    | Method::DELETE
+                    | Method::TRACE
+            )
+            || headers.contains_key(IDEMPOTENCY_KEY)
+    }
+}
+
+/// A request kept for replay by [`HttpReplay`]: its head and whole body.
+#[derive(Debug, Clone)]
+pub struct HttpCopy {
+    parts: http::request::Parts,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl HttpCopy {
+    /// The buffered body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+impl<B> Replay<Request<B>> for HttpReplay
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Request = Request<ReplayBody<B>>;
+    type Copy = HttpCopy;
+    type Pending = BufferBody<B>;
+
+    fn stage(
+        &self,
+        req: Request<B>,
+        retryable: bool,
+    ) -> Staged<Self::Request, HttpCopy, BufferBody<B>> {
+        let (parts, body) = req.into_parts();
+        let retryable = retryable && self.may_retry(&parts.method, &parts.headers);
+        let too_large = body.size_hint().lower() > self.body_limit as u64;
+        if !retryable || too_large {
+            let request = Request::from_parts(parts, ReplayBody::streaming(body));
+            return Staged::Ready {
+                request,
+                copy: None,
+            };
+        }
+        if body.is_end_stream() {
+            let copy = HttpCopy {
+                parts: parts.clone(),
+                body: Bytes::new(),
+                trailers: None,
+            };
+            let request = Request::from_parts(parts, ReplayBody::full(Bytes::new(), None));
+            return Staged::Ready {
+                request,
+                copy: Some(copy),
+            };
+        }
+        Staged::Pending(BufferBody {
+            head: Some(parts),
+            body: Some(body),
+            data: BytesMut::new(),
+            limit: self.body_limit,
+        })
+    }
+
+    fn replay(&self, copy: &HttpCopy, attempt: Attempt) -> Self::Request {
+        let mut parts = copy.parts.clone();
+        parts.extensions.insert(attempt);
+        Request::from_parts(
+            parts,
+            ReplayBody::full(copy.body.clone(), copy.trailers.clone()),
+        )
+    }
+}
+
+impl<B> ReadHint<Response<B>> for HttpReplay {
+    /// `Retry-After` if valid, else `grpc-retry-pushback-ms`. A pushback that
+    /// is present but negative or unparseable means "do not retry" (gRFC A6):
+    /// it reads as an endless delay, which ends retrying.
+    fn hint(&self, response: &Response<B>) -> Option<Duration> {
+        use seawall_core::hint;
+        let headers = response.headers();
+        if let Some(after) = hint::retry_after(headers) {
+            return Some(after);
+        }
+        headers
+            .contains_key(hint::GRPC_RETRY_PUSHBACK)
+            .then(|| hint::grpc_pushback(headers).unwrap_or(Duration::MAX))
+    }
+}
+
+/// Reads a request body up to the limit; see [`HttpReplay`].
+pub struct BufferBody<B> {
+    head: Option<http::request::Parts>,
+    body: Option<B>,
+    data: BytesMut,
+    limit: usize,
+}
+
+impl<B> fmt::Debug for BufferBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferBody")
+            .field("buffered", &self.data.len())
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+type Prepared<B> = (Request<ReplayBody<B>>, Option<HttpCopy>);
+
+impl<B> Future for BufferBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Prepared<B>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(Err("request body polled after completion".into()));
+        };
+        let mut trailers = None;
+        loop {
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(mut chunk) => {
+                        let bytes = chunk.copy_to_bytes(chunk.remaining());
+                        this.data.extend_from_slice(&bytes);
+                        if this.data.len() > this.limit {
+                            // Too large to keep: send it once, what was read
+                            // first and the rest of the stream after it.
+                            let prefix = std::mem::take(&mut this.data).freeze();
+                            let (Some(parts), Some(rest)) = (this.head.take(), this.body.take())
+                            else {
+                                return Poll::Ready(Err(
+                                    "request body polled after completion".into()
+                                ));
+                            };
+                            let body = ReplayBody::prefixed(prefix, rest);
+                            return Poll::Ready(Ok((Request::from_parts(parts, body), None)));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            trailers = Some(t);
+                            break;
+                        }
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Err(e.into())),
+                None => break,
+            }
+        }
+        this.body = None;
+        let Some(parts) = this.head.take() else {
+            return Poll::Ready(Err("request body polled after completion".into()));
+        };
+        let data = std::mem::take(&mut this.data).freeze();
+        let copy = HttpCopy {
+            parts: parts.clone(),
+            body: data.clone(),
+            trailers: trailers.clone(),
+        };
+        let request = Request::from_parts(parts, ReplayBody::full(data, trailers));
+        Poll::Ready(Ok((request, Some(copy))))
+    }
+}
+
+/// The body of a request sent by [`HttpReplay`]: a buffered copy, or the
+/// original stream (possibly after the bytes read while trying to buffer it).
+pub struct ReplayBody<B> {
+    kind: Kind<B>,
+}
+
+enum Kind<B> {
+    Full {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    Stream {
+        prefix: Option<Bytes>,
+        rest: B,
+    },
+}
+
+impl<B> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Full { data, .. } => f
+                .debug_struct("ReplayBody::Full")
+                .field("remaining", &data.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            Kind::Stream { prefix, .. } => f
+                .debug_struct("ReplayBody::Stream")
+                .field("prefix", &prefix.as_ref().map_or(0, Bytes::len))
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl<B> ReplayBody<B> {
+    fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        let data = (!data.is_empty()).then_some(data);
+        Self {
+            kind: Kind::Full { data, trailers },
+        }
+    }
+
+    fn streaming(body: B) -> Self {
+        Self {
+            kind: Kind::Stream {
+                prefix: None,
+                rest: body,
+            },
+        }
+    }
+
+    fn prefixed(prefix: Bytes, body: B) -> Self {
+        Self {
+            kind: Kind::Stream {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                rest: body,
+            },
+        }
+    }
+
+    /// `true` if this body is a buffered copy that can be sent again.
+    pub fn is_buffered(&self) -> bool {
+        matches!(self.kind, Kind::Full { .. })
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match &mut self.kind {
+            Kind::Full { data, trailers } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            Kind::Stream { prefix, rest } => {
+                if let Some(prefix) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                let frame = ready!(Pin::new(rest).poll_frame(cx));
+                Poll::Ready(
+                    frame.map(|r| r.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))),
+                )
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Stream { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Stream { prefix, rest } => {
+                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower().saturating_add(extra));
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper.saturating_add(extra));
+                }
+                hint
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    type Frames = StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
+    >;
+
+    fn post(body: Full<Bytes>) -> Request<Full<Bytes>> {
+        Request::post("/").body(body).unwrap()
+    }
+
+    #[test]
+    fn only_idempotent_methods_or_keyed_requests_may_retry() {
+        let replay = HttpReplay::new();
+        let empty = HeaderMap::new();
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(replay.may_retry(&m.parse().unwrap(), &empty), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT"] {
+            assert!(!replay.may_retry(&m.parse().unwrap(), &empty), "{m}");
+        }
+        let mut keyed = HeaderMap::new();
+        keyed.insert(IDEMPOTENCY_KEY, "k-1".parse().unwrap());
+        assert!(replay.may_retry(&Method::POST, &keyed));
+        assert!(HttpReplay::new()
+            .any_method(true)
+            .may_retry(&Method::PATCH, &empty));
+    }
+
+    #[tokio::test]
+    async fn small_body_is_buffered_and_replayed_identically() {
+        let mut req = post(Full::new(Bytes::from_static(b"hello")));
+        req.headers_mut()
+            .insert(IDEMPOTENCY_KEY, "k".parse().unwrap());
+        let Staged::Pending(fut) = HttpReplay::new().stage(req, true) else {
+            panic!("a body must be read first");
+        };
+        let (first, copy) = fut.await.unwrap();
+        let copy = copy.expect("kept for replay");
+        assert_eq!(
+            first.extensions().get::<Attempt>(),
+            None,
+            "no allocation for it"
+        );
+        assert_eq!(Attempt::of(&first), Attempt::FIRST);
+        assert!(first.body().is_buffered());
+        assert_eq!(
+            first.into_body().collect().await.unwrap().to_bytes(),
+            "hello"
+        );
+        let again =
+            Replay::<Request<Full<Bytes>>>::replay(&HttpReplay::new(), &copy, Attempt::new(2));
+        assert_eq!(again.extensions().get::<Attempt>(), Some(&Attempt::new(2)));
+        assert_eq!(again.headers()[IDEMPOTENCY_KEY], "k");
+        assert_eq!(
+            again.into_body().collect().await.unwrap().to_bytes(),
+            "hello"
+        );
+    }
+
+    #[tokio::test]
+    async fn announced_large_body_is_streamed_without_copy() {
+        let body = Full::new(Bytes::from(vec![7u8; 100]));
+        let req = Request::put("/").body(body).unwrap();
+        let Staged::Ready { request, copy } = HttpReplay::new().body_limit(99).stage(req, true)
+        else {
+            panic!("no need to read a body known too large");
+        };
+        assert!(copy.is_none());
+        assert!(!request.body().is_buffered());
+        assert_eq!(
+            request
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .len(),
+            100
+        );
+    }
+
+    #[tokio::test]
+    async fn streaming_body_over_the_limit_keeps_its_bytes_in_order() {
+        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..10u8)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![i; 10]))))
+            .collect();
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        let req = Request::put("/").body(body).unwrap();
+        let Staged::Pending(fut) = HttpReplay::new().body_limit(25).stage(req, true) else {
+            panic!("unknown size must be read");
+        };
+        let (request, copy) = fut.await.unwrap();
+        assert!(copy.is_none(), "over the limit: not retried");
+        let all = request.into_body().collect().await.unwrap().to_bytes();
+        let expected: Vec<u8> = (0..10u8).flat_map(|i| vec![i; 10]).collect();
+        assert_eq!(all.as_ref(), expected.as_slice());
+    }
+
+    #[tokio::test]
+    async fn post_without_key_is_sent_once_as_is() {
+        let req = post(Full::new(Bytes::from_static(b"x")));
+        let Staged::Ready { copy, request } = HttpReplay::new().stage(req, true) else {
+            panic!("not retryable: nothing to read");
+        };
+        assert!(copy.is_none());
+        assert_eq!(request.into_body().collect().await.unwrap().to_bytes(), "x");
+    }
+
+    #[tokio::test]
+    async fn trailers_are_kept_and_body_errors_surface() {
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", "1".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::trailers(t)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let Staged::Pending(fut) =
+            HttpReplay::new().stage(Request::put("/").body(body).unwrap(), true)
+        else {
+            panic!()
+        };
+        let (_, copy) = fut.await.unwrap();
+        let copy = copy.unwrap();
+        assert_eq!(copy.body(), &Bytes::from_static(b"ab"));
+        let replay = HttpReplay::new();
+        let again: Request<ReplayBody<Frames>> = replay.replay(&copy, Attempt::new(3));
+        let collected = again.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "1");
+
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+            vec![Err(std::io::Error::other("reset"))];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let Staged::Pending(fut) =
+            HttpReplay::new().stage(Request::put("/").body(body).unwrap(), true)
+        else {
+            panic!()
+        };
+        assert_eq!(fut.await.unwrap_err().to_string(), "reset");
+    }
+}
