@@ -12,7 +12,17 @@ use seawall::bulkhead::{BulkheadLayer, Pool};
 use seawall::ServiceBuilderExt;
 use seawall_tests::{TestClient, TestServer};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tower::ServiceBuilder;
+
+/// Checks `done` every 5 ms; fails after 10 s instead of hanging the run.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 #[tokio::test]
 async fn refusals_become_503_with_retry_after_and_capacity_returns() {
@@ -55,9 +65,7 @@ async fn refusals_become_503_with_retry_after_and_capacity_returns() {
         async move { client.get(&url).await.unwrap() }
     });
     // Both requests hold the two permits of the shared pool.
-    while handle.in_flight() < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("both permits are taken", || handle.in_flight() == 2).await;
 
     let refused = client.get(&server.url("/orders")).await.unwrap();
     assert_eq!(refused.head.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -77,20 +85,27 @@ async fn refusals_become_503_with_retry_after_and_capacity_returns() {
         "other routes are unaffected"
     );
 
-    // Let the held requests finish; the permits come back.
-    while handle.in_flight() > 0 {
+    // Let the held requests finish; the permits come back. `notify_waiters`
+    // only reaches handlers already waiting, hence the repeats.
+    wait_until("the permits come back", || {
         release.notify_waiters();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        handle.in_flight() == 0
+    })
+    .await;
     assert_eq!(users.await.unwrap().head.status, StatusCode::OK);
     assert_eq!(orders.await.unwrap().head.status, StatusCode::OK);
     let again = tokio::spawn({
         let (client, url) = (client.clone(), server.url("/users"));
         async move { client.get(&url).await.unwrap() }
     });
-    while handle.in_flight() < 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    release.notify_waiters();
+    wait_until("the permit is taken again", || handle.in_flight() == 1).await;
+    // The permit is taken before the handler waits: one notification could
+    // come too early and be lost.
+    wait_until("the call finishes", || {
+        release.notify_waiters();
+        again.is_finished()
+    })
+    .await;
     assert_eq!(again.await.unwrap().head.status, StatusCode::OK);
+    assert_eq!(handle.in_flight(), 0);
 }

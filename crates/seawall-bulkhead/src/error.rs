@@ -59,7 +59,8 @@ impl BulkheadFull {
 
     /// `true` if the request was refused because its priority class had used
     /// up its share of the limit while permits were still free for more
-    /// important work.
+    /// important work, or was evicted from a full queue by more important
+    /// work.
     pub const fn is_shed(&self) -> bool {
         self.shed
     }

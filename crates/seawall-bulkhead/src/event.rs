@@ -57,7 +57,8 @@ pub enum BulkheadEvent {
         /// The limit at the time.
         limit: usize,
     },
-    /// An adaptive limit moved.
+    /// The limit moved: an adaptive limit's update, or
+    /// [`Pool::set_max_concurrent`](crate::Pool::set_max_concurrent).
     LimitChanged {
         /// The pool's name.
         pool: Arc<str>,

@@ -288,6 +288,9 @@ impl Shared {
             (self.limit.swap(to, Ordering::AcqRel), to)
         };
         if from != to {
+            // Lock-free check, unlike `set_max_concurrent`: a waiter missed
+            // here is still dispatched by the release of the sampled call's
+            // permit, which the caller holds until after this returns.
             if to > from && queued_of(self.state.load(Ordering::Acquire)) != 0 {
                 self.dispatch();
             }
@@ -540,7 +543,12 @@ impl Pool {
             ));
         }
         let from = self.shared.limit.swap(n, Ordering::AcqRel);
-        if n > from && queued_of(self.shared.state.load(Ordering::Acquire)) != 0 {
+        if n > from {
+            // Not only when the state word shows waiters: a request may be
+            // queueing right now on the old limit, and nothing else would
+            // wake it while the calls in flight run on. Under the queue lock
+            // it has either registered (and is dispatched here) or has not
+            // yet read the limit (and sees the new one).
             self.shared.dispatch();
         }
         if n != from {
@@ -959,6 +967,23 @@ mod loom_tests {
             assert_eq!(p.in_flight(), 1);
             drop(permit);
             t.join().unwrap();
+            assert_idle(&p);
+        });
+    }
+
+    #[test]
+    fn loom_a_raised_limit_admits_a_waiter_queueing_meanwhile() {
+        loom::model(|| {
+            let p = pool(1);
+            let held = take(&p);
+            let pool = Pool { shared: p.clone() };
+            let t = thread::spawn(move || pool.set_max_concurrent(2).unwrap());
+            // `held` is only given back afterwards: the second permit must
+            // come from the raised limit, or this waits forever.
+            let second = take(&p);
+            assert_eq!(p.in_flight(), 2);
+            t.join().unwrap();
+            drop((held, second));
             assert_idle(&p);
         });
     }

@@ -397,7 +397,7 @@ async fn events_report_refusals_and_limit_changes() {
 
 #[tokio::test(start_paused = true)]
 async fn the_classifier_decides_what_an_adaptive_limit_sees() {
-    // Errors are ignored, slow successes are failures.
+    // Errors are ignored, successes are sampled.
     let classify = |res: Result<&u32, &BoxError>| match res {
         Ok(_) => Outcome::Success,
         Err(_) => Outcome::Ignore,

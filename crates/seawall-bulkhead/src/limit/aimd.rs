@@ -54,8 +54,8 @@ impl AdaptiveLimit for Aimd {
     fn update(&mut self, sample: &Sample) -> usize {
         let next = if sample.dropped() || sample.rtt() > self.timeout {
             (self.limit as f64 * self.backoff_ratio) as usize
-        } else if sample.in_flight() * 2 >= self.limit {
-            self.limit + 1
+        } else if sample.in_flight().saturating_mul(2) >= self.limit {
+            self.limit.saturating_add(1)
         } else {
             self.limit
         };
@@ -156,6 +156,19 @@ mod tests {
             l.update(&Sample::new(MS, 1, true));
         }
         assert_eq!(l.limit(), 5, "clamped to min");
+    }
+
+    #[test]
+    fn extreme_samples_and_bounds_do_not_overflow() {
+        let mut l = Aimd::builder()
+            .initial_limit(usize::MAX - 1)
+            .min_limit(1)
+            .max_limit(usize::MAX)
+            .build()
+            .unwrap();
+        assert_eq!(l.update(&Sample::new(MS, usize::MAX, false)), usize::MAX);
+        assert_eq!(l.update(&Sample::new(MS, usize::MAX, false)), usize::MAX);
+        assert!(l.update(&Sample::new(Duration::MAX, 1, false)) < usize::MAX);
     }
 
     #[test]

@@ -90,20 +90,34 @@ impl<L: AdaptiveLimit> AdaptiveLimit for Windowed<L> {
         }
         self.window.add(sample);
         let now = Instant::now();
-        let next = *self.next_update.get_or_insert(now + self.min_window);
+        let next = *self
+            .next_update
+            .get_or_insert_with(|| deadline(now, self.min_window));
         if now < next {
             return self.inner.limit();
         }
         let window = std::mem::take(&mut self.window);
         let candidate = window.min_rtt.unwrap_or_default();
-        self.next_update = Some(now + (candidate * 2).clamp(self.min_window, self.max_window));
+        let length = candidate
+            .saturating_mul(2)
+            .clamp(self.min_window, self.max_window);
+        self.next_update = Some(deadline(now, length));
         if window.count < self.min_samples {
             return self.inner.limit();
         }
-        let mean = Duration::from_nanos((window.sum_nanos / window.count as u128) as u64);
+        let mean = u64::try_from(window.sum_nanos / window.count as u128)
+            .map_or(Duration::MAX, Duration::from_nanos);
         self.inner
             .update(&Sample::new(mean, window.max_in_flight, window.dropped))
     }
+}
+
+/// `now + length`, for window lengths up to `Duration::MAX`: one too long
+/// for the clock ends in 30 years, which is never (as Tokio's own far-future
+/// deadline).
+fn deadline(now: Instant, length: Duration) -> Instant {
+    const NEVER: Duration = Duration::from_secs(30 * 365 * 86_400);
+    now.checked_add(length).unwrap_or_else(|| now + NEVER)
 }
 
 /// Configures a [`Windowed`] limit.
@@ -210,6 +224,35 @@ mod tests {
             9
         );
         assert_eq!(w.get_ref().limit(), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_windows_and_latencies_do_not_overflow() {
+        let aimd = Aimd::builder()
+            .initial_limit(10)
+            .min_limit(1)
+            .build()
+            .unwrap();
+        let mut forever = Windowed::builder(aimd.clone())
+            .min_window(Duration::MAX)
+            .max_window(Duration::MAX)
+            .min_samples(1)
+            .build()
+            .unwrap();
+        let ok = Sample::new(Duration::from_millis(5), 10, false);
+        assert_eq!(forever.update(&ok), 10, "a window that never ends");
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        assert_eq!(forever.update(&ok), 10);
+
+        let mut w = Windowed::builder(aimd)
+            .min_window(Duration::ZERO)
+            .min_samples(1)
+            .build()
+            .unwrap();
+        let slow = Sample::new(Duration::MAX, 10, false);
+        assert_eq!(w.update(&slow), 9, "slower than the timeout: a drop");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(w.update(&slow), 8);
     }
 
     #[test]
