@@ -59,6 +59,24 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: crate::retry::JitterRetryLayer<P, C, Li, R>,
     ) -> ServiceBuilder<Stack<crate::retry::JitterRetryLayer<P, C, Li, R>, L>>;
+    /// Fails fast while the services below are failing; see
+    /// [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer).
+    /// Take the layer's `handle()` before passing it in.
+    #[cfg(feature = "circuit-breaker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
+    fn circuit_breaker<C>(
+        self,
+        layer: crate::circuit_breaker::CircuitBreakerLayer<C>,
+    ) -> ServiceBuilder<Stack<crate::circuit_breaker::CircuitBreakerLayer<C>, L>>;
+
+    /// One circuit breaker per request key; see
+    /// [`KeyedCircuitBreakerLayer`](crate::circuit_breaker::KeyedCircuitBreakerLayer).
+    #[cfg(feature = "circuit-breaker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
+    fn keyed_circuit_breaker<K, F, C>(
+        self,
+        layer: crate::circuit_breaker::KeyedCircuitBreakerLayer<K, F, C>,
+    ) -> ServiceBuilder<Stack<crate::circuit_breaker::KeyedCircuitBreakerLayer<K, F, C>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -88,6 +106,22 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::retry::JitterRetryLayer<P, C, Li, R>,
     ) -> ServiceBuilder<Stack<crate::retry::JitterRetryLayer<P, C, Li, R>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "circuit-breaker")]
+    fn circuit_breaker<C>(
+        self,
+        layer: crate::circuit_breaker::CircuitBreakerLayer<C>,
+    ) -> ServiceBuilder<Stack<crate::circuit_breaker::CircuitBreakerLayer<C>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "circuit-breaker")]
+    fn keyed_circuit_breaker<K, F, C>(
+        self,
+        layer: crate::circuit_breaker::KeyedCircuitBreakerLayer<K, F, C>,
+    ) -> ServiceBuilder<Stack<crate::circuit_breaker::KeyedCircuitBreakerLayer<K, F, C>, L>> {
         self.layer(layer)
     }
 }

@@ -1,0 +1,604 @@
+//! The breaker engine: admission, recording, trip rules and transitions.
+//!
+//! The closed happy path is one `Acquire` load of the state word to admit,
+//! and on completion one load to check the epoch plus the window's atomics.
+//! Transitions are rare and take a mutex, which serialises them and lets the
+//! winner prepare the new state (fresh window, probe gate, open deadline)
+//! before one `Release` store of the state word publishes it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use seawall_core::Outcome;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::CircuitOpen;
+use crate::event::{CircuitBreakerEvent, Emitter, EventKind};
+use crate::handle::Metrics;
+use crate::open_duration::OpenDuration;
+use crate::state::{epoch_of, pack, state_of, Admit, ProbeGate, ProbeVerdict, State};
+use crate::window::{CountWindow, Counts, Padded, TimeWindow, Window};
+
+/// The window a breaker records into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WindowConfig {
+    Count(usize),
+    Time { duration: Duration, buckets: usize },
+}
+
+/// Validated settings, shared by every breaker of a keyed registry.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) name: Arc<str>,
+    pub(crate) failure_rate: f64,
+    pub(crate) slow_call_duration: Option<Duration>,
+    pub(crate) slow_call_rate: f64,
+    pub(crate) minimum_calls: u64,
+    pub(crate) consecutive_failures: Option<u64>,
+    pub(crate) window: WindowConfig,
+    pub(crate) open: OpenDuration,
+    pub(crate) probes: u32,
+    pub(crate) max_half_open_wait: Duration,
+}
+
+/// Why the breaker tripped.
+#[derive(Debug, Clone, Copy)]
+enum Trip {
+    FailureRate(f64),
+    SlowCallRate(f64),
+    Consecutive(u64),
+}
+
+/// What a call was admitted as, carried from admission to its outcome.
+///
+/// Plain words only: the ticket is moved from the service into the future,
+/// and an `Option<Instant>` (written in pieces, read back whole) costs a
+/// store-forwarding stall on every move.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    /// The state word the call was admitted under; its state says what
+    /// kind of call this is (closed, probe, or untracked when disabled).
+    word: u64,
+    /// Nanoseconds since the breaker's base instant, or [`NO_START`].
+    start: u64,
+}
+
+/// The start of a call whose duration nobody needs.
+const NO_START: u64 = u64::MAX;
+
+impl Ticket {
+    #[inline]
+    fn state(&self) -> State {
+        state_of(self.word)
+    }
+
+    #[inline]
+    pub(crate) fn is_probe(&self) -> bool {
+        self.state() == State::HalfOpen
+    }
+}
+
+#[derive(Debug)]
+struct Control {
+    trips: u32,
+    rng: u64,
+    since: Instant,
+}
+
+/// One circuit breaker.
+pub(crate) struct Breaker {
+    state: Padded<AtomicU64>,
+    /// Two windows used in turn: closing empties the other one and switches
+    /// to it, so a caller that passed its epoch check just before the switch
+    /// writes into the retired window, not the fresh one. (Only a caller
+    /// stalled across two closes could reach the fresh one; emptying is
+    /// done slot by slot like a write, so even then the totals stay exact.)
+    windows: [Window; 2],
+    active: AtomicUsize,
+    consecutive: Padded<AtomicU64>,
+    gate: ProbeGate,
+    open_until: AtomicU64,
+    half_open_since: AtomicU64,
+    rejected: AtomicU64,
+    base: Instant,
+    cfg: Arc<Config>,
+    key: Option<Arc<str>>,
+    control: Mutex<Control>,
+    watch: watch::Sender<State>,
+    emit: Option<Emitter>,
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.cfg.name)
+            .field("key", &self.key)
+            .field("state", &self.state())
+            .field("window", self.window())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Breaker {
+    pub(crate) fn new(cfg: Arc<Config>, key: Option<Arc<str>>, emit: Option<Emitter>) -> Self {
+        let window = || match cfg.window {
+            WindowConfig::Count(size) => Window::Count(CountWindow::new(size)),
+            WindowConfig::Time { duration, buckets } => {
+                let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+                Window::Time(TimeWindow::new(buckets, nanos / buckets.max(1) as u64))
+            }
+        };
+        let now = Instant::now();
+        Self {
+            state: Padded(AtomicU64::new(pack(0, State::Closed))),
+            windows: [window(), window()],
+            active: AtomicUsize::new(0),
+            consecutive: Padded(AtomicU64::new(0)),
+            gate: ProbeGate::new(),
+            open_until: AtomicU64::new(0),
+            half_open_since: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            base: now,
+            control: Mutex::new(Control {
+                trips: 0,
+                rng: cfg.open.initial_rng(),
+                since: now,
+            }),
+            cfg,
+            key,
+            watch: watch::Sender::new(State::Closed),
+            emit,
+        }
+    }
+
+    /// The window of the current closed period. Read after the state word,
+    /// whose `Release` store follows the switch, so a caller that saw the
+    /// new state sees the new window.
+    #[inline]
+    fn window(&self) -> &Window {
+        &self.windows[self.active.load(Ordering::Relaxed) & 1]
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.cfg.name
+    }
+
+    pub(crate) fn key(&self) -> Option<&Arc<str>> {
+        self.key.as_ref()
+    }
+
+    pub(crate) fn state(&self) -> State {
+        state_of(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<State> {
+        self.watch.subscribe()
+    }
+
+    #[inline]
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn control(&self) -> MutexGuard<'_, Control> {
+        // The guarded data stays consistent even if a listener panicked
+        // while it was held, so a poisoned lock is still usable.
+        self.control.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn emit(&self, kind: EventKind) {
+        if let Some(emit) = &self.emit {
+            emit(&CircuitBreakerEvent::new(
+                self.cfg.name.clone(),
+                self.key.clone(),
+                kind,
+            ));
+        }
+    }
+
+    /// `true` if a call admitted with `ticket` would now be admitted under
+    /// another state.
+    pub(crate) fn is_stale(&self, ticket: &Ticket) -> bool {
+        ticket.state() != State::Disabled && self.state.load(Ordering::Acquire) != ticket.word
+    }
+
+    /// Decides whether a call may go through.
+    ///
+    /// Always inlined, with everything but the closed state out of line, so
+    /// the ticket stays in registers instead of crossing a call boundary
+    /// (measured in `benches/benches/circuit_breaker.rs`: returning it through
+    /// memory cost a store-forwarding stall per call).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn admit(&self) -> Result<Ticket, CircuitOpen> {
+        let word = self.state.load(Ordering::Acquire);
+        if state_of(word) == State::Closed {
+            return Ok(Ticket {
+                word,
+                start: self.start(),
+            });
+        }
+        self.admit_slow(word)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn admit_slow(&self, mut word: u64) -> Result<Ticket, CircuitOpen> {
+        loop {
+            match state_of(word) {
+                State::Closed => {
+                    return Ok(Ticket {
+                        word,
+                        start: self.start(),
+                    })
+                }
+                State::Disabled => {
+                    return Ok(Ticket {
+                        word,
+                        start: NO_START,
+                    })
+                }
+                State::ForcedOpen => return Err(self.reject(word, None)),
+                State::Open => {
+                    let now = self.nanos(Instant::now());
+                    let until = self.open_until.load(Ordering::Relaxed);
+                    if now < until {
+                        return Err(self.reject(word, Some(Duration::from_nanos(until - now))));
+                    }
+                    self.transition(word, State::HalfOpen, None);
+                }
+                State::HalfOpen => match self.gate.try_admit(epoch_of(word), self.cfg.probes) {
+                    Admit::Admitted => {
+                        return Ok(Ticket {
+                            word,
+                            start: self.start(),
+                        })
+                    }
+                    Admit::Full => {
+                        let since = self.half_open_since.load(Ordering::Relaxed);
+                        let waited = self.nanos(Instant::now()).saturating_sub(since);
+                        if Duration::from_nanos(waited) < self.cfg.max_half_open_wait {
+                            return Err(self.reject(word, None));
+                        }
+                        // The probes are lost or hung: count it as a failed
+                        // attempt rather than wait for them forever.
+                        self.transition(word, State::Open, None);
+                    }
+                    Admit::Stale => {
+                        if self.state.load(Ordering::Acquire) == word {
+                            return Err(self.reject(word, None));
+                        }
+                    }
+                },
+            }
+            word = self.state.load(Ordering::Acquire);
+        }
+    }
+
+    #[inline]
+    fn start(&self) -> u64 {
+        if self.cfg.slow_call_duration.is_some() {
+            self.nanos(Instant::now())
+        } else {
+            NO_START
+        }
+    }
+
+    #[cold]
+    fn reject(&self, word: u64, retry_after: Option<Duration>) -> CircuitOpen {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.emit(EventKind::CallRejected {
+            state: state_of(word),
+        });
+        CircuitOpen::new(retry_after)
+    }
+
+    /// A probe that will never report (cancelled before it finished).
+    pub(crate) fn abandon(&self, ticket: &Ticket) {
+        if ticket.is_probe() {
+            self.gate.release(epoch_of(ticket.word));
+        }
+    }
+
+    #[inline]
+    fn is_slow(&self, ticket: &Ticket) -> bool {
+        match self.cfg.slow_call_duration {
+            Some(limit) if ticket.start != NO_START => {
+                let took = self.nanos(Instant::now()).saturating_sub(ticket.start);
+                Duration::from_nanos(took) > limit
+            }
+            _ => false,
+        }
+    }
+
+    /// Records the outcome of a call admitted with `ticket`.
+    #[inline]
+    pub(crate) fn record(&self, ticket: &Ticket, outcome: Outcome) {
+        match ticket.state() {
+            State::HalfOpen => {
+                if outcome == Outcome::Ignore {
+                    self.abandon(ticket);
+                    return;
+                }
+                let slow = self.is_slow(ticket);
+                if let Some(verdict) = self.gate.complete(
+                    epoch_of(ticket.word),
+                    self.cfg.probes,
+                    outcome.is_failure(),
+                    slow,
+                ) {
+                    self.decide(ticket.word, verdict);
+                }
+            }
+            State::Closed => {
+                // An outcome of a call admitted under an earlier state says
+                // nothing about the state the breaker is in now.
+                if outcome == Outcome::Ignore || self.state.load(Ordering::Acquire) != ticket.word {
+                    return;
+                }
+                let failed = outcome.is_failure();
+                let slow = self.is_slow(ticket);
+                let window = self.window();
+                let now = if window.needs_clock() {
+                    self.nanos(Instant::now())
+                } else {
+                    0
+                };
+                let counts = window.record(now, failed, slow);
+                let consecutive = if failed {
+                    self.consecutive.fetch_add(1, Ordering::Relaxed) + 1
+                } else {
+                    // Read first so a run of successes never writes the line.
+                    if self.consecutive.load(Ordering::Relaxed) != 0 {
+                        self.consecutive.store(0, Ordering::Relaxed);
+                    }
+                    0
+                };
+                if let Some(trip) = self.trip_rule(counts, consecutive) {
+                    self.transition(ticket.word, State::Open, Some(trip));
+                }
+            }
+            // Disabled: nothing is recorded. A ticket is never issued in the
+            // open states.
+            State::Disabled | State::Open | State::ForcedOpen => {}
+        }
+    }
+
+    #[inline]
+    fn trip_rule(&self, c: Counts, consecutive: u64) -> Option<Trip> {
+        if c.failures == 0 && c.slow == 0 {
+            return None;
+        }
+        if let Some(limit) = self.cfg.consecutive_failures {
+            if consecutive >= limit {
+                return Some(Trip::Consecutive(consecutive));
+            }
+        }
+        if c.calls < self.cfg.minimum_calls || c.calls == 0 {
+            return None;
+        }
+        let calls = c.calls as f64;
+        let failure_rate = c.failures as f64 / calls;
+        if failure_rate >= self.cfg.failure_rate {
+            return Some(Trip::FailureRate(failure_rate));
+        }
+        if self.cfg.slow_call_duration.is_some() {
+            let slow_rate = c.slow as f64 / calls;
+            if slow_rate >= self.cfg.slow_call_rate {
+                return Some(Trip::SlowCallRate(slow_rate));
+            }
+        }
+        None
+    }
+
+    #[cold]
+    fn decide(&self, word: u64, v: ProbeVerdict) {
+        let done = f64::from(v.done.max(1));
+        let failure_rate = f64::from(v.failed) / done;
+        let slow_rate = f64::from(v.slow) / done;
+        let trip = if failure_rate >= self.cfg.failure_rate {
+            Some(Trip::FailureRate(failure_rate))
+        } else if self.cfg.slow_call_duration.is_some() && slow_rate >= self.cfg.slow_call_rate {
+            Some(Trip::SlowCallRate(slow_rate))
+        } else {
+            None
+        };
+        match trip {
+            Some(trip) => self.transition(word, State::Open, Some(trip)),
+            None => self.transition(word, State::Closed, None),
+        };
+    }
+
+    /// Moves from the state in `expected` to `to`, unless another thread
+    /// moved first. Returns whether this call made the move.
+    #[cold]
+    fn transition(&self, expected: u64, to: State, trip: Option<Trip>) -> bool {
+        let mut control = self.control();
+        let current = self.state.load(Ordering::Acquire);
+        if current != expected {
+            return false;
+        }
+        let from = self.apply(&mut control, current, to);
+        drop(control);
+        self.announce(from, to, trip);
+        true
+    }
+
+    /// Moves to `to` whatever the current state (the handle's commands).
+    pub(crate) fn force(&self, to: State) {
+        let mut control = self.control();
+        let current = self.state.load(Ordering::Acquire);
+        let from = self.apply(&mut control, current, to);
+        drop(control);
+        self.announce(from, to, None);
+    }
+
+    /// Prepares `to`, then publishes it. Runs under the control lock; the
+    /// `Release` store of the state word makes everything prepared here
+    /// visible to any caller that loads the new word.
+    fn apply(&self, control: &mut Control, current: u64, to: State) -> State {
+        let now = Instant::now();
+        let epoch = epoch_of(current) + 1;
+        match to {
+            State::Closed => {
+                let next = self.active.load(Ordering::Relaxed) ^ 1;
+                self.windows[next].reset();
+                self.active.store(next, Ordering::Relaxed);
+                self.consecutive.store(0, Ordering::Relaxed);
+                control.trips = 0;
+            }
+            State::Open => {
+                control.trips = control.trips.saturating_add(1);
+                let wait = self.cfg.open.for_trip(control.trips, &mut control.rng);
+                let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+                self.open_until
+                    .store(self.nanos(now).saturating_add(wait), Ordering::Relaxed);
+            }
+            State::HalfOpen => {
+                self.half_open_since
+                    .store(self.nanos(now), Ordering::Relaxed);
+                self.gate.open(epoch);
+            }
+            State::ForcedOpen | State::Disabled => {}
+        }
+        self.state.store(pack(epoch, to), Ordering::Release);
+        let from = state_of(current);
+        if from != to {
+            control.since = now;
+            self.watch.send_replace(to);
+        }
+        from
+    }
+
+    fn announce(&self, from: State, to: State, trip: Option<Trip>) {
+        if self.emit.is_none() {
+            return;
+        }
+        match trip {
+            Some(Trip::FailureRate(rate)) => self.emit(EventKind::FailureRateExceeded {
+                rate,
+                threshold: self.cfg.failure_rate,
+            }),
+            Some(Trip::SlowCallRate(rate)) => self.emit(EventKind::SlowCallRateExceeded {
+                rate,
+                threshold: self.cfg.slow_call_rate,
+            }),
+            Some(Trip::Consecutive(failures)) => {
+                self.emit(EventKind::ConsecutiveFailuresExceeded { failures });
+            }
+            None => {}
+        }
+        if from != to {
+            self.emit(EventKind::StateTransition { from, to });
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> Metrics {
+        let control = self.control();
+        let word = self.state.load(Ordering::Acquire);
+        let now = Instant::now();
+        let counts = self.window().counts(self.nanos(now));
+        let state = state_of(word);
+        let rate = |n: u64| {
+            (counts.calls >= self.cfg.minimum_calls && counts.calls > 0)
+                .then(|| n as f64 / counts.calls as f64)
+        };
+        let open_remaining = (state == State::Open).then(|| {
+            Duration::from_nanos(
+                self.open_until
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(self.nanos(now)),
+            )
+        });
+        let probes = if state == State::HalfOpen {
+            self.gate.counts(epoch_of(word))
+        } else {
+            None
+        };
+        Metrics {
+            state,
+            state_since: control.since,
+            calls: counts.calls,
+            failures: counts.failures,
+            slow_calls: counts.slow,
+            failure_rate: rate(counts.failures),
+            slow_call_rate: if self.cfg.slow_call_duration.is_some() {
+                rate(counts.slow)
+            } else {
+                None
+            },
+            consecutive_failures: self.consecutive.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            consecutive_trips: control.trips,
+            open_remaining,
+            probes_in_flight: probes.map_or(0, |(taken, done)| taken.saturating_sub(done)),
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::handle::Shared;
+
+    fn config() -> Config {
+        Config {
+            name: Arc::from("test"),
+            failure_rate: 1.0,
+            slow_call_duration: None,
+            slow_call_rate: 1.0,
+            minimum_calls: 64,
+            consecutive_failures: None,
+            window: WindowConfig::Count(64),
+            open: OpenDuration::fixed(Duration::from_secs(1)),
+            probes: 1,
+            max_half_open_wait: Duration::from_secs(1),
+        }
+    }
+
+    /// Resets racing writers must leave every window's totals equal to
+    /// what its ring holds (a reset that emptied a window under its writers
+    /// would leave the totals off for good).
+    #[test]
+    fn resets_under_load_keep_totals_exact() {
+        let shared = Arc::new(Shared {
+            breaker: Breaker::new(Arc::new(config()), None, None),
+            classifier: (),
+        });
+        let writers: Vec<_> = (0..3)
+            .map(|t| {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    for i in 0..30_000u32 {
+                        let b = &shared.breaker;
+                        if let Ok(ticket) = b.admit() {
+                            let outcome = if (i + t) % 3 == 0 {
+                                Outcome::Failure
+                            } else {
+                                Outcome::Success
+                            };
+                            b.record(&ticket, outcome);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..2_000 {
+            shared.breaker.force(State::Closed);
+            std::thread::yield_now();
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        for window in &shared.breaker.windows {
+            let Window::Count(w) = window else {
+                unreachable!("configured with a count window")
+            };
+            assert_eq!(w.counts(), w.slot_sum());
+        }
+        assert_eq!(shared.breaker.state(), State::Closed);
+    }
+}

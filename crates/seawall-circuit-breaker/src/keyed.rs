@@ -1,0 +1,400 @@
+//! Keyed mode: one breaker per key, in a bounded registry.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::mem;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use seawall_core::{BoxError, Classify};
+use tokio::time::Instant;
+use tower::util::Oneshot;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::breaker::{Breaker, Config};
+use crate::event::Emitter;
+use crate::future::{Permit, ResponseFuture};
+use crate::handle::{Handle, Shared};
+use crate::State;
+
+const MAX_SHARDS: usize = 16;
+
+struct Entry<C> {
+    shared: Arc<Shared<C>>,
+    last_used: Instant,
+}
+
+struct Shard<K, C> {
+    map: HashMap<K, Entry<C>>,
+    capacity: usize,
+    last_sweep: Instant,
+}
+
+/// The breakers of a keyed layer: sharded maps under short locks, each shard
+/// with a fixed share of the capacity so the total can never exceed it.
+pub(crate) struct Registry<K, C> {
+    shards: Box<[Mutex<Shard<K, C>>]>,
+    hasher: RandomState,
+    cfg: Arc<Config>,
+    classifier: C,
+    emit: Option<Emitter>,
+    capacity: usize,
+    idle: Duration,
+}
+
+impl<K, C> Registry<K, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+    C: Clone,
+{
+    pub(crate) fn new(
+        cfg: Arc<Config>,
+        classifier: C,
+        emit: Option<Emitter>,
+        capacity: usize,
+        idle: Duration,
+    ) -> Self {
+        let count = capacity.clamp(1, MAX_SHARDS);
+        let now = Instant::now();
+        let shards = (0..count)
+            .map(|i| {
+                Mutex::new(Shard {
+                    map: HashMap::new(),
+                    capacity: capacity / count + usize::from(i < capacity % count),
+                    last_sweep: now,
+                })
+            })
+            .collect();
+        Self {
+            shards,
+            hasher: RandomState::new(),
+            cfg,
+            classifier,
+            emit,
+            capacity,
+            idle,
+        }
+    }
+
+    fn shard(&self, key: &K) -> MutexGuard<'_, Shard<K, C>> {
+        let i = (self.hasher.hash_one(key) % self.shards.len() as u64) as usize;
+        lock(&self.shards[i])
+    }
+
+    fn is_idle(&self, entry: &Entry<C>, now: Instant) -> bool {
+        now.saturating_duration_since(entry.last_used) >= self.idle
+    }
+
+    /// The breaker for `key`, made on first use.
+    pub(crate) fn get(&self, key: K) -> Arc<Shared<C>> {
+        let now = Instant::now();
+        let mut shard = self.shard(&key);
+        if let Some(entry) = shard.map.get_mut(&key) {
+            if now.saturating_duration_since(entry.last_used) < self.idle {
+                entry.last_used = now;
+                return entry.shared.clone();
+            }
+        }
+        // Sweeping at most once per idle period keeps inserts O(1) amortised.
+        if shard.map.len() >= shard.capacity
+            || now.saturating_duration_since(shard.last_sweep) >= self.idle
+        {
+            shard.map.retain(|_, e| !self.is_idle(e, now));
+            shard.last_sweep = now;
+        }
+        if !shard.map.contains_key(&key) && shard.map.len() >= shard.capacity {
+            let lru = shard
+                .map
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            if let Some(lru) = lru {
+                shard.map.remove(&lru);
+            }
+        }
+        let shared = Arc::new(Shared {
+            breaker: Breaker::new(
+                self.cfg.clone(),
+                Some(Arc::from(format!("{key:?}"))),
+                self.emit.clone(),
+            ),
+            classifier: self.classifier.clone(),
+        });
+        shard.map.insert(
+            key,
+            Entry {
+                shared: shared.clone(),
+                last_used: now,
+            },
+        );
+        shared
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while a shard was locked leaves its map valid.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a [`KeyedHandle`] needs from a registry, without its classifier type.
+trait KeyedView<K>: Send + Sync {
+    fn breakers(&self) -> Vec<(K, Handle)>;
+    fn get(&self, key: &K) -> Option<Handle>;
+    fn len(&self) -> usize;
+    fn capacity(&self) -> usize;
+}
+
+impl<K, C> KeyedView<K> for Registry<K, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    C: Clone + Send + Sync + 'static,
+{
+    fn breakers(&self) -> Vec<(K, Handle)> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for shard in &*self.shards {
+            let mut shard = lock(shard);
+            shard.map.retain(|_, e| !self.is_idle(e, now));
+            shard.last_sweep = now;
+            out.extend(
+                shard
+                    .map
+                    .iter()
+                    .map(|(k, e)| (k.clone(), Handle::new(e.shared.clone()))),
+            );
+        }
+        out
+    }
+
+    fn get(&self, key: &K) -> Option<Handle> {
+        let now = Instant::now();
+        let shard = self.shard(key);
+        shard
+            .map
+            .get(key)
+            .filter(|e| !self.is_idle(e, now))
+            .map(|e| Handle::new(e.shared.clone()))
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).map.len()).sum()
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// Reads the breakers of a keyed layer: which keys have one and in which
+/// state, for health checks and dashboards.
+///
+/// ```
+/// use seawall_circuit_breaker::{CircuitBreakerLayer, State};
+/// use tower::{service_fn, Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = CircuitBreakerLayer::builder()
+///     .key_capacity(100)
+///     .build_keyed(|host: &&'static str| host.to_string())
+///     .unwrap();
+/// let keys = layer.handle();
+/// let mut svc = layer.layer(service_fn(|host: &'static str| async move {
+///     Ok::<_, std::convert::Infallible>(host.len())
+/// }));
+/// svc.ready().await.unwrap().call("a.example").await.unwrap();
+/// svc.ready().await.unwrap().call("b.example").await.unwrap();
+///
+/// let mut states = keys.states();
+/// states.sort_by(|a, b| a.0.cmp(&b.0));
+/// assert_eq!(states, vec![
+///     ("a.example".to_string(), State::Closed),
+///     ("b.example".to_string(), State::Closed),
+/// ]);
+/// keys.get(&"a.example".to_string()).unwrap().force_open();
+/// assert!(svc.ready().await.unwrap().call("a.example").await.is_err());
+/// # }
+/// ```
+pub struct KeyedHandle<K> {
+    view: Arc<dyn KeyedView<K>>,
+}
+
+impl<K> Clone for KeyedHandle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            view: self.view.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedHandle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedHandle")
+            .field("len", &self.view.len())
+            .field("capacity", &self.view.capacity())
+            .finish()
+    }
+}
+
+impl<K> KeyedHandle<K> {
+    /// Every live key with a handle on its breaker (idle breakers are
+    /// evicted first).
+    pub fn breakers(&self) -> Vec<(K, Handle)> {
+        self.view.breakers()
+    }
+
+    /// Every live key with its breaker's state.
+    pub fn states(&self) -> Vec<(K, State)> {
+        self.view
+            .breakers()
+            .into_iter()
+            .map(|(k, h)| {
+                let state = h.state();
+                (k, state)
+            })
+            .collect()
+    }
+
+    /// The handle of `key`'s breaker, if it has one.
+    pub fn get(&self, key: &K) -> Option<Handle> {
+        self.view.get(key)
+    }
+
+    /// How many breakers the registry holds (idle ones included until they
+    /// are swept).
+    pub fn len(&self) -> usize {
+        self.view.len()
+    }
+
+    /// `true` if the registry holds no breaker.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most breakers the registry keeps.
+    pub fn capacity(&self) -> usize {
+        self.view.capacity()
+    }
+}
+
+/// Applies a [`KeyedCircuitBreaker`]: one breaker per request key. Built by
+/// [`Builder::build_keyed`](crate::Builder::build_keyed); clones share the
+/// registry.
+pub struct KeyedCircuitBreakerLayer<K, F, C> {
+    registry: Arc<Registry<K, C>>,
+    key_fn: F,
+}
+
+impl<K, F, C> KeyedCircuitBreakerLayer<K, F, C> {
+    pub(crate) fn new(registry: Arc<Registry<K, C>>, key_fn: F) -> Self {
+        Self { registry, key_fn }
+    }
+}
+
+impl<K, F, C> KeyedCircuitBreakerLayer<K, F, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    C: Clone + Send + Sync + 'static,
+{
+    /// A handle on the registry of breakers.
+    pub fn handle(&self) -> KeyedHandle<K> {
+        KeyedHandle {
+            view: self.registry.clone(),
+        }
+    }
+}
+
+impl<K, F: Clone, C> Clone for KeyedCircuitBreakerLayer<K, F, C> {
+    fn clone(&self) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            key_fn: self.key_fn.clone(),
+        }
+    }
+}
+
+impl<K, F, C> fmt::Debug for KeyedCircuitBreakerLayer<K, F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerLayer")
+            .field("name", &self.registry.cfg.name)
+            .field("capacity", &self.registry.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F: Clone, C> Layer<S> for KeyedCircuitBreakerLayer<K, F, C> {
+    type Service = KeyedCircuitBreaker<S, K, F, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedCircuitBreaker {
+            inner,
+            registry: self.registry.clone(),
+            key_fn: self.key_fn.clone(),
+        }
+    }
+}
+
+/// A circuit breaker per request key (host, route, tenant), so one failing
+/// dependency behind a shared client does not open the breaker for all.
+///
+/// Because the key is only known from the request, `poll_ready` is always
+/// ready and an admitted call waits for the inner service's readiness inside
+/// its response future (on a clone of the inner service, as
+/// `ServiceExt::oneshot` does); a rejected call never touches it.
+pub struct KeyedCircuitBreaker<S, K, F, C> {
+    inner: S,
+    registry: Arc<Registry<K, C>>,
+    key_fn: F,
+}
+
+impl<S: Clone, K, F: Clone, C> Clone for KeyedCircuitBreaker<S, K, F, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            registry: self.registry.clone(),
+            key_fn: self.key_fn.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, F, C> fmt::Debug for KeyedCircuitBreaker<S, K, F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreaker")
+            .field("inner", &self.inner)
+            .field("name", &self.registry.cfg.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F, C, Req> Service<Req> for KeyedCircuitBreaker<S, K, F, C>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq + Clone + fmt::Debug,
+    F: Fn(&Req) -> K,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<Oneshot<S, Req>, C>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = self.registry.get((self.key_fn)(&req));
+        match shared.breaker.admit() {
+            Ok(ticket) => {
+                let clone = self.inner.clone();
+                let inner = mem::replace(&mut self.inner, clone);
+                ResponseFuture::called(Oneshot::new(inner, req), Permit::new(shared, ticket))
+            }
+            Err(open) => ResponseFuture::rejected(open.retry_after_hint()),
+        }
+    }
+}

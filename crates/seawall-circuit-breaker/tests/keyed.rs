@@ -1,0 +1,167 @@
+//! Keyed mode: one breaker per key in a bounded registry.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use seawall_circuit_breaker::{CircuitBreakerEvent, CircuitBreakerLayer, CircuitOpen, State};
+use seawall_core::event::FnListener;
+use seawall_core::BoxError;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// Requests are `(host, fail)`; the key is the host.
+fn host(req: &(&'static str, bool)) -> &'static str {
+    req.0
+}
+
+fn backend() -> impl Service<(&'static str, bool), Response = &'static str, Error = BoxError> + Clone
+{
+    service_fn(|(host, fail): (&'static str, bool)| async move {
+        if fail {
+            Err::<&'static str, BoxError>("boom".into())
+        } else {
+            Ok(host)
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_failing_key_does_not_open_the_others() {
+    let layer = CircuitBreakerLayer::builder()
+        .count_window(4)
+        .minimum_calls(4)
+        .build_keyed(host)
+        .unwrap();
+    let keys = layer.handle();
+    let mut svc = layer.layer(backend());
+    for _ in 0..4 {
+        let _ = svc.ready().await.unwrap().call(("a", true)).await;
+    }
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(("a", false))
+        .await
+        .unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(
+        svc.ready().await.unwrap().call(("b", false)).await.unwrap(),
+        "b"
+    );
+    let mut states = keys.states();
+    states.sort_by_key(|s| s.0);
+    assert_eq!(states, vec![("a", State::Open), ("b", State::Closed)]);
+    let a = keys.get(&"a").unwrap();
+    assert_eq!(a.key(), Some("\"a\""));
+    a.reset();
+    assert_eq!(
+        svc.ready().await.unwrap().call(("a", false)).await.unwrap(),
+        "a"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn registry_never_exceeds_its_capacity() {
+    for capacity in [1usize, 3, 10, 17, 40] {
+        let layer = CircuitBreakerLayer::builder()
+            .key_capacity(capacity)
+            .build_keyed(|n: &u32| *n)
+            .unwrap();
+        let keys = layer.handle();
+        assert_eq!(keys.capacity(), capacity);
+        let mut svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+        for n in 0..1_000u32 {
+            assert_eq!(
+                svc.ready().await.unwrap().call(n % 300).await.unwrap(),
+                n % 300
+            );
+            assert!(keys.len() <= capacity, "{} > {capacity}", keys.len());
+            // The key just used always has its breaker.
+            assert!(keys.get(&(n % 300)).is_some());
+        }
+        assert!(keys.breakers().len() <= capacity);
+        assert!(!keys.is_empty());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_breakers_are_evicted() {
+    let layer = CircuitBreakerLayer::builder()
+        .key_idle_timeout(SECS(60))
+        .build_keyed(host)
+        .unwrap();
+    let keys = layer.handle();
+    let mut svc = layer.layer(backend());
+    svc.ready().await.unwrap().call(("a", false)).await.unwrap();
+    svc.ready().await.unwrap().call(("b", false)).await.unwrap();
+    tokio::time::advance(SECS(40)).await;
+    svc.ready().await.unwrap().call(("b", false)).await.unwrap();
+    tokio::time::advance(SECS(30)).await;
+    // "a" has been idle 70 s, "b" 30 s.
+    assert!(keys.get(&"a").is_none());
+    let live: Vec<_> = keys.states().into_iter().map(|s| s.0).collect();
+    assert_eq!(live, vec!["b"]);
+    assert_eq!(keys.len(), 1);
+    // An idle key that comes back starts with a fresh breaker.
+    keys.get(&"b").unwrap().force_open();
+    tokio::time::advance(SECS(61)).await;
+    svc.ready().await.unwrap().call(("b", false)).await.unwrap();
+    assert_eq!(keys.get(&"b").unwrap().state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_key_never_touches_the_inner_service() {
+    let layer = CircuitBreakerLayer::builder()
+        .build_keyed(|r: &&'static str| *r)
+        .unwrap();
+    let keys = layer.handle();
+    let (mut svc, mut mock) = tower_test::mock::spawn_layer::<&'static str, &'static str, _>(layer);
+    mock.allow(0);
+    // Ready without asking the inner service: the key is not known yet.
+    assert!(svc.poll_ready().is_ready());
+    let mut admitted = Box::pin(ready_call(&mut svc, "up"));
+    tokio::task::yield_now().await;
+    keys.get(&"up").unwrap().force_open();
+    let err = svc.call("up").await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert!(mock.poll_request().is_pending());
+    // The call admitted before waits for readiness inside its future.
+    assert!(futures_util::FutureExt::now_or_never(admitted.as_mut()).is_none());
+    mock.allow(1);
+    let serve = async {
+        let (req, respond) = mock.next_request().await.unwrap();
+        assert_eq!(req, "up");
+        respond.send_response("done");
+    };
+    let (res, ()) = tokio::join!(admitted, serve);
+    assert_eq!(res.unwrap(), "done");
+}
+
+fn ready_call<S>(svc: &mut tower_test::mock::Spawn<S>, req: &'static str) -> S::Future
+where
+    S: Service<&'static str>,
+{
+    assert!(svc.poll_ready().is_ready());
+    svc.call(req)
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_events_carry_the_key() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let layer = CircuitBreakerLayer::builder()
+        .name("hosts")
+        .listener(FnListener::new(move |e: &CircuitBreakerEvent| {
+            log.lock().unwrap().push(e.key().map(str::to_owned));
+        }))
+        .build_keyed(host)
+        .unwrap();
+    let keys = layer.handle();
+    let mut svc = layer.layer(backend());
+    svc.ready().await.unwrap().call(("x", false)).await.unwrap();
+    keys.get(&"x").unwrap().force_open();
+    assert_eq!(keys.get(&"x").unwrap().name(), "hosts");
+    assert_eq!(*seen.lock().unwrap(), vec![Some("\"x\"".to_owned())]);
+}
