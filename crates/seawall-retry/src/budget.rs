@@ -13,8 +13,17 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Fixed-point scale of the bucket: one retry costs `SCALE` units, so a ratio
-/// of 0.1 deposits 100 units per request without floating-point atomics.
-const SCALE: i64 = 1000;
+/// of 0.1 deposits 100 000 units per request without floating-point atomics.
+/// Fine enough that a small ratio (0.0004, 0.0015) is kept, not rounded to
+/// nothing or up to more retries than configured.
+const SCALE: i64 = 1_000_000;
+
+/// Past this balance a deposit clamps the bucket to its cap. Deposits do not
+/// clamp (one `fetch_add`), so without it a bucket that is never drawn on
+/// would keep growing until `i64` overflowed to a negative balance: at a ratio
+/// of 1000 that is a few billion requests. Far above any cap, so the clamp
+/// costs nothing in practice.
+const CLAMP_ABOVE: i64 = i64::MAX / 4;
 
 /// A budget of retries shared by every clone of a layer, and by several
 /// layers when the same handle is given to each.
@@ -95,7 +104,8 @@ impl RetryBudget {
         Self {
             inner: Arc::new(Bucket {
                 balance: AtomicI64::new(0),
-                deposit: (ratio * SCALE as f64).round() as i64,
+                // Rounded down: never more retries than the ratio allows.
+                deposit: (ratio * SCALE as f64).floor() as i64,
                 cap: i64::from(max_tokens) * SCALE,
                 min_per_sec,
                 floor: AtomicU64::new(0),
@@ -107,19 +117,28 @@ impl RetryBudget {
     /// Records a first attempt: adds `ratio` of a token.
     #[inline]
     pub fn deposit(&self) {
-        // Relaxed: the balance is a counter; no other memory is published
-        // through it.
-        self.inner
-            .balance
-            .fetch_add(self.inner.deposit, Ordering::Relaxed);
+        self.add(self.inner.deposit);
     }
 
     /// Records `n` first attempts at once.
     #[inline]
     pub(crate) fn deposit_many(&self, n: u32) {
-        self.inner
-            .balance
-            .fetch_add(self.inner.deposit * i64::from(n), Ordering::Relaxed);
+        self.add(self.inner.deposit * i64::from(n));
+    }
+
+    // Out of line: the layer pays in once per batch, and this keeps the
+    // clamp out of the `call` that pays.
+    #[inline(never)]
+    fn add(&self, units: i64) {
+        let bucket = &self.inner;
+        // Relaxed: the balance is a counter; no other memory is published
+        // through it.
+        let before = bucket.balance.fetch_add(units, Ordering::Relaxed);
+        if before > CLAMP_ABOVE {
+            // Anything at or above the cap reads as the cap, and `fetch_min`
+            // never raises the balance, so a concurrent withdrawal is kept.
+            bucket.balance.fetch_min(bucket.cap, Ordering::Relaxed);
+        }
     }
 
     /// Takes one retry from the bucket or, failing that, from the per-second
@@ -169,10 +188,25 @@ impl RetryBudget {
             return false;
         }
         let second = u32::try_from(bucket.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
+        self.withdraw_floor_at(second)
+    }
+
+    /// The floor in second `second` (since `epoch`), as read by the caller.
+    fn withdraw_floor_at(&self, second: u32) -> bool {
+        let bucket = &self.inner;
         let mut current = bucket.floor.load(Ordering::Relaxed);
         loop {
             let (seen_second, used) = ((current >> 32) as u32, current as u32);
-            let used = if seen_second == second { used } else { 0 };
+            // A caller that read the clock just before another rolled the
+            // window over holds an older second: it counts in the newer one.
+            // Taking its stale second would start that second afresh, and
+            // whoever comes next would start the newer one afresh again,
+            // granting the floor twice over.
+            let (second, used) = if seen_second >= second {
+                (seen_second, used)
+            } else {
+                (second, 0)
+            };
             if used >= bucket.min_per_sec {
                 return false;
             }
@@ -262,6 +296,42 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn small_ratios_are_neither_lost_nor_rounded_up() {
+        for (ratio, deposits, expected) in [(0.0004, 10_000, 4), (0.0015, 2_000, 3)] {
+            let budget = RetryBudget::builder()
+                .ratio(ratio)
+                .min_per_sec(0)
+                .build()
+                .unwrap();
+            for _ in 0..deposits {
+                budget.deposit();
+            }
+            let granted = (0..100).filter(|_| budget.withdraw()).count();
+            assert_eq!(granted, expected, "ratio {ratio} over {deposits} requests");
+        }
+    }
+
+    #[test]
+    fn a_bucket_never_drawn_on_does_not_overflow() {
+        let budget = RetryBudget::builder()
+            .ratio(1000.0)
+            .min_per_sec(0)
+            .max_tokens(2)
+            .build()
+            .unwrap();
+        // As if a billion requests had paid in with no failure: the next
+        // deposit brings the balance back to the cap, far from overflowing.
+        budget
+            .inner
+            .balance
+            .store(CLAMP_ABOVE + 1, Ordering::Relaxed);
+        budget.deposit_many(16);
+        assert_eq!(budget.inner.balance.load(Ordering::Relaxed), 2 * SCALE);
+        assert_eq!(budget.tokens(), 2);
+        assert!(budget.withdraw() && budget.withdraw() && !budget.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_cap_limits_saved_tokens() {
         let budget = RetryBudget::builder()
             .ratio(1.0)
@@ -290,6 +360,25 @@ mod tests {
         assert!(!budget.withdraw());
         tokio::time::advance(SECOND / 2).await;
         assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 3);
+    }
+
+    #[test]
+    fn a_stale_second_does_not_reopen_the_floor() {
+        // Two callers race over a second boundary: one read second 5 from the
+        // clock, then the other read 6 and used up the floor of second 6
+        // before the first one got to the counter.
+        let budget = RetryBudget::builder()
+            .ratio(0.0)
+            .min_per_sec(3)
+            .build()
+            .unwrap();
+        assert_eq!((0..3).filter(|_| budget.withdraw_floor_at(6)).count(), 3);
+        assert!(!budget.withdraw_floor_at(5), "second 6 is spent");
+        assert!(
+            !budget.withdraw_floor_at(6),
+            "and stays spent for the callers of second 6"
+        );
+        assert!(budget.withdraw_floor_at(7));
     }
 
     #[tokio::test(start_paused = true)]
@@ -351,6 +440,7 @@ mod tests {
             ops in proptest::collection::vec(proptest::bool::ANY, 0..300),
         ) {
             let ratio = f64::from(ratio_milli) / 1000.0;
+            let units = (ratio * SCALE as f64).floor() as i64;
             let budget = RetryBudget::builder()
                 .ratio(ratio)
                 .min_per_sec(0)
@@ -362,7 +452,7 @@ mod tests {
             for deposit in ops {
                 if deposit {
                     budget.deposit();
-                    model = (model + i64::from(ratio_milli)).min(cap);
+                    model = (model + units).min(cap);
                     deposits += 1;
                 } else {
                     let expected = model >= SCALE;

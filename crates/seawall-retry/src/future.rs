@@ -20,6 +20,7 @@ use crate::replay::{Attempt, ReadHint, Replay, Staged};
 
 pin_project! {
     /// The response future of [`JitterRetry`](crate::JitterRetry).
+    #[project = ResponseFutureProj]
     pub struct ResponseFuture<S, P, C, L, R, Req>
     where
         P: Replay<Req>,
@@ -75,7 +76,6 @@ pin_project! {
     enum State<F, SF> {
         Staging { #[pin] fut: F },
         Calling { #[pin] fut: SF },
-        Timed { #[pin] fut: SF },
         Waiting,
         Readying,
         Done,
@@ -90,7 +90,7 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Staging { .. } => "staging",
-            State::Calling { .. } | State::Timed { .. } => "calling",
+            State::Calling { .. } => "calling",
             State::Waiting => "waiting",
             State::Readying => "readying",
             State::Done => "done",
@@ -103,6 +103,8 @@ where
     }
 }
 
+/// Calls the inner service; with an attempt timeout, arms the timer, which
+/// the `Calling` state then polls alongside the attempt.
 #[inline]
 fn start<S: Service<Req>, Req, F, R>(
     service: &mut S,
@@ -110,13 +112,26 @@ fn start<S: Service<Req>, Req, F, R>(
     timeout: Option<Duration>,
     retrying: &mut Option<Pin<Box<Retrying<R>>>>,
 ) -> State<F, S::Future> {
-    let fut = service.call(request);
-    match timeout {
-        Some(t) => {
-            Retrying::arm(retrying, t);
-            State::Timed { fut }
+    if let Some(t) = timeout {
+        Retrying::arm(retrying, t);
+    }
+    State::Calling {
+        fut: service.call(request),
+    }
+}
+
+/// Polls the attempt timer of a `Calling` state whose attempt is pending.
+#[inline(never)]
+fn attempt_timer<R>(
+    retrying: &mut Option<Pin<Box<Retrying<R>>>>,
+    cx: &mut Context<'_>,
+) -> Poll<BoxError> {
+    match retrying.as_mut() {
+        Some(retrying) => {
+            ready!(retrying.as_mut().project().timer.poll(cx));
+            Poll::Ready(Box::new(AttemptTimeout::new()))
         }
-        None => State::Calling { fut },
+        None => Poll::Pending,
     }
 }
 
@@ -133,26 +148,41 @@ where
     #[inline]
     pub(crate) fn new(
         mut service: S,
-        config: Arc<Config<P, C, L>>,
+        config: &Arc<Config<P, C, L>>,
         deadline: Option<Instant>,
         staged: Staged<P::Request, P::Copy, P::Pending>,
     ) -> Self {
-        let mut retrying = None;
-        let (state, copy) = match staged {
-            Staged::Ready { request, copy } => (
-                start(&mut service, request, config.attempt_timeout, &mut retrying),
-                copy,
-            ),
-            Staged::Pending(fut) => (State::Staging { fut }, None),
-        };
-        Self {
-            state,
-            service,
-            copy,
-            config,
-            deadline,
-            retrying,
-            _req: PhantomData,
+        match staged {
+            Staged::Ready { request, copy } => {
+                // The inner call comes first, while nothing that needs
+                // dropping on unwind (the `Arc`, the timer) is held yet,
+                // which leaves the compiler free to write the inner future
+                // straight into its place rather than move it there.
+                let fut = service.call(request);
+                let config = config.clone();
+                let mut retrying = None;
+                if let Some(t) = config.attempt_timeout {
+                    Retrying::arm(&mut retrying, t);
+                }
+                Self {
+                    state: State::Calling { fut },
+                    service,
+                    copy,
+                    config,
+                    deadline,
+                    retrying,
+                    _req: PhantomData,
+                }
+            }
+            Staged::Pending(fut) => Self {
+                state: State::Staging { fut },
+                service,
+                copy: None,
+                config: config.clone(),
+                deadline,
+                retrying: None,
+                _req: PhantomData,
+            },
         }
     }
 }
@@ -168,10 +198,56 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            let result = match this.state.as_mut().project() {
+        // The success path: a plain attempt answers, one classification, no
+        // clock, no RNG, no budget withdrawal. Everything else is out of
+        // line, so this part inlines into the caller.
+        let result = match this.state.as_mut().project() {
+            StateProj::Calling { fut } => match fut.poll(cx) {
+                Poll::Ready(result) => result.map_err(Into::into),
+                Poll::Pending if this.config.attempt_timeout.is_none() => return Poll::Pending,
+                Poll::Pending => Err(ready!(attempt_timer(this.retrying, cx))),
+            },
+            _ => return poll_slow(this, cx, None),
+        };
+        if this.copy.is_none()
+            || !this
+                .config
+                .classifier
+                .classify(result.as_ref())
+                .is_failure()
+        {
+            this.state.set(State::Done);
+            return Poll::Ready(result);
+        }
+        poll_slow(this, cx, Some(result))
+    }
+}
+
+/// Everything but a plain attempt's success: staging, attempt timeouts,
+/// backoff, readiness and the decision to retry (`failed` is a failure the
+/// fast path already classified).
+#[inline(never)]
+fn poll_slow<S, P, C, L, R, Req>(
+    mut this: ResponseFutureProj<'_, S, P, C, L, R, Req>,
+    cx: &mut Context<'_>,
+    mut failed: Option<Result<S::Response, BoxError>>,
+) -> Poll<Result<S::Response, BoxError>>
+where
+    P: Replay<Req> + ReadHint<S::Response>,
+    S: Service<P::Request>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, BoxError>,
+    L: Listener<RetryEvent>,
+    R: RngCore + SeedableRng,
+{
+    loop {
+        let result = if let Some(result) = failed.take() {
+            result
+        } else {
+            match this.state.as_mut().project() {
                 StateProj::Staging { fut } => {
                     let staged = ready!(fut.poll(cx));
                     match staged {
@@ -193,16 +269,10 @@ where
                         }
                     }
                 }
-                StateProj::Calling { fut } => ready!(fut.poll(cx)).map_err(Into::into),
-                StateProj::Timed { fut } => match fut.poll(cx) {
-                    Poll::Ready(res) => res.map_err(Into::into),
-                    Poll::Pending => {
-                        let Some(retrying) = this.retrying.as_mut() else {
-                            return Poll::Pending;
-                        };
-                        ready!(retrying.as_mut().project().timer.poll(cx));
-                        Err(Box::new(AttemptTimeout::new()) as BoxError)
-                    }
+                StateProj::Calling { fut } => match fut.poll(cx) {
+                    Poll::Ready(result) => result.map_err(Into::into),
+                    Poll::Pending if this.config.attempt_timeout.is_none() => return Poll::Pending,
+                    Poll::Pending => Err(ready!(attempt_timer(this.retrying, cx))),
                 },
                 StateProj::Waiting => {
                     if let Some(retrying) = this.retrying.as_mut() {
@@ -234,33 +304,31 @@ where
                 StateProj::Done => {
                     return Poll::Ready(Err("retry future polled after completion".into()));
                 }
-            };
+            }
+        };
 
-            // The success path stops here: one classification, no clock, no
-            // RNG, no budget withdrawal.
-            if !this
+        if this.copy.is_none()
+            || !this
                 .config
                 .classifier
                 .classify(result.as_ref())
                 .is_failure()
-                || this.copy.is_none()
-            {
-                this.state.set(State::Done);
-                return Poll::Ready(result);
-            }
-            if let Some(delay) = decide(this.config, &result, *this.deadline, this.retrying) {
-                drop(result);
-                // A zero delay (constant zero backoff) must not wait for a
-                // timer tick.
-                this.state.set(if delay.is_zero() {
-                    State::Readying
-                } else {
-                    State::Waiting
-                });
+        {
+            this.state.set(State::Done);
+            return Poll::Ready(result);
+        }
+        if let Some(delay) = decide(this.config, &result, *this.deadline, this.retrying) {
+            drop(result);
+            // A zero delay (constant zero backoff) must not wait for a
+            // timer tick.
+            this.state.set(if delay.is_zero() {
+                State::Readying
             } else {
-                this.state.set(State::Done);
-                return Poll::Ready(result);
-            }
+                State::Waiting
+            });
+        } else {
+            this.state.set(State::Done);
+            return Poll::Ready(result);
         }
     }
 }
@@ -300,7 +368,10 @@ where
             None => (None, RetryCause::Error),
         },
     };
-    if hint.is_some_and(|h| h > config.max_delay) {
+    // `Duration::MAX` is how a hint says "do not retry" (a negative gRPC
+    // pushback, a `Retry-After` beyond any sane delay): it ends retrying even
+    // when `max_delay` is itself unbounded, instead of waiting for ever.
+    if hint.is_some_and(|h| h == Duration::MAX || h > config.max_delay) {
         return give_up(GiveUpReason::HintTooLong);
     }
     let mut state = Retrying::arm(retrying, Duration::ZERO).project();

@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, Method, Request, Response};
@@ -291,17 +291,40 @@ where
 impl<B> ReadHint<Response<B>> for HttpReplay {
     /// `Retry-After` if valid, else `grpc-retry-pushback-ms`. A pushback that
     /// is present but negative or unparseable means "do not retry" (gRFC A6):
-    /// it reads as an endless delay, which ends retrying.
+    /// it reads as an endless delay, which ends retrying. So does a
+    /// well-formed `Retry-After` longer than [`MAX_HINT`](seawall_core::hint::MAX_HINT)
+    /// (which `seawall_core` declines to parse): the server asked for more
+    /// than any `max_delay`, not for nothing. A malformed `Retry-After` is
+    /// ignored (RFC 9110).
     fn hint(&self, response: &Response<B>) -> Option<Duration> {
         use seawall_core::hint;
         let headers = response.headers();
-        if let Some(after) = hint::retry_after(headers) {
+        if let Some(after) = retry_after(headers) {
             return Some(after);
         }
         headers
             .contains_key(hint::GRPC_RETRY_PUSHBACK)
             .then(|| hint::grpc_pushback(headers).unwrap_or(Duration::MAX))
     }
+}
+
+/// The `Retry-After` of `headers`: the delay, `Duration::MAX` for a
+/// well-formed value beyond `seawall_core`'s `MAX_HINT` (a huge number of
+/// seconds, or an HTTP-date days away), `None` when absent or malformed.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    use seawall_core::hint;
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    if let Some(after) = hint::parse_retry_after(value) {
+        return Some(after);
+    }
+    let value = value.trim();
+    let seconds = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    // Against a clock past the last year an HTTP-date can name, every
+    // well-formed date is in the past (zero) and anything else is `None`:
+    // so this tells a too-distant date from garbage without a date parser.
+    let after_any_date = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+    let date = hint::parse_retry_after_at(value, after_any_date).is_some();
+    (seconds || date).then_some(Duration::MAX)
 }
 
 /// Reads a request body up to the limit; see [`HttpReplay`].

@@ -151,8 +151,15 @@ async fn retry_after_in_seconds_sets_the_least_delay() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_as_an_http_date_is_honoured() {
-    let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(5));
-    let (log, svc) = server(vec![status_with(429, "retry-after", &when), status(200)]);
+    // An HTTP-date has one-second resolution, and the layer measures it
+    // against the wall clock when the response arrives: the wait lies between
+    // the date seen from after the call and from before it (tokio's timer
+    // adds up to a millisecond). Bounds on wall-clock readings, not fixed
+    // ones, so a loaded machine cannot make this fail.
+    let before = SystemTime::now();
+    let date = httpdate::fmt_http_date(before + Duration::from_secs(5));
+    let when = httpdate::parse_http_date(&date).unwrap();
+    let (log, svc) = server(vec![status_with(429, "retry-after", &date), status(200)]);
     let start = Instant::now();
     let res = layer()
         .build()
@@ -161,13 +168,17 @@ async fn retry_after_as_an_http_date_is_honoured() {
         .oneshot(get())
         .await
         .unwrap();
+    let after = SystemTime::now();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(log.lock().unwrap().len(), 2);
-    // An HTTP-date has one-second resolution.
     let waited = start.elapsed();
+    let least = when.duration_since(after).unwrap_or_default();
+    let most = when.duration_since(before).unwrap() + Duration::from_millis(1);
     assert!(
-        waited >= Duration::from_secs(4) && waited <= Duration::from_secs(5),
-        "{waited:?}"
+        waited >= least
+            && waited <= most
+            && most <= Duration::from_secs(5) + Duration::from_millis(1),
+        "{waited:?} not in [{least:?}, {most:?}]"
     );
 }
 
@@ -446,4 +457,43 @@ async fn failed_responses_are_reported_as_responses() {
         [RetryEvent::RetryScheduled { cause: RetryCause::Response, hint: Some(h), delay, .. }]
             if h == Duration::from_secs(1) && delay == h
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_a_day_ends_retrying_instead_of_being_ignored() {
+    // `seawall_core` refuses to parse hints longer than a day; such a hint is
+    // still the server asking for more than any cap, not a malformed header.
+    let two_days = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2 * 86_400));
+    for value in ["86401", "18446744073709551616", two_days.as_str()] {
+        let (log, svc) = server(vec![status_with(503, "retry-after", value), status(200)]);
+        let res = layer()
+            .max_delay(Duration::from_secs(10))
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{value}");
+        assert_eq!(log.lock().unwrap().len(), 1, "{value}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn do_not_retry_hints_end_retrying_even_without_a_delay_cap() {
+    for (header, value) in [("grpc-retry-pushback-ms", "-1"), ("retry-after", "86401")] {
+        let (log, svc) = server(vec![status_with(503, header, value), status(200)]);
+        let start = Instant::now();
+        let res = layer()
+            .max_delay(Duration::MAX)
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{header}");
+        assert_eq!(log.lock().unwrap().len(), 1, "{header}");
+        assert_eq!(start.elapsed(), Duration::ZERO, "{header}");
+    }
 }
