@@ -1,1 +1,165 @@
-//! seawall-fallback (in progress).
+//! Tiered fallbacks for [tower] services: keep the critical path answering
+//! when a dependency it can live without fails.
+//!
+//! # The pattern
+//!
+//! A product page can render without recommendations; a cart can show
+//! yesterday's shipping estimate. [`FallbackLayer`] wraps the call to such a
+//! dependency and, when the call fails, answers from a list of **tiers**
+//! tried in the order they were configured, each skipped when it has
+//! nothing to give:
+//!
+//! 1. [`last_known_good`](Builder::last_known_good): the latest successful
+//!    response for the same key, while younger than a maximum staleness,
+//!    held in a cache bounded in entries and age;
+//! 2. [`alternative`](Builder::alternative): a secondary service (a replica,
+//!    a slower source of truth);
+//! 3. [`function`](Builder::function): computed from the request info and
+//!    the failure ([`Cause`]);
+//! 4. [`value`](Builder::value): a fixed answer.
+//!
+//! The layer fires when the [`Classify`](seawall_core::Classify)er calls the
+//! outcome a failure (an error, or a failing response such as an HTTP 503)
+//! and when an inner seawall layer refuses the call — an open circuit
+//! breaker, a full bulkhead — as selected by [`Rejections`]. Successes and
+//! ignored outcomes pass through untouched. If no tier answers, the
+//! **original** error or response is returned, not a tier's.
+//!
+//! Substitute answers are marked: HTTP responses carry a [`Degraded`]
+//! extension and a `seawall-degraded: <tier>` header (configurable), so
+//! clients, caches and dashboards can tell. Each substitute emits a
+//! [`FallbackEvent::Served`]; running out of tiers emits
+//! [`FallbackEvent::Exhausted`].
+//!
+//! # When to use it
+//!
+//! Use it where a wrong-but-plausible answer beats an error: optional
+//! content, read paths, enrichment. Put it *outside* the circuit breaker and
+//! retries of the same dependency so it sees their final verdict and their
+//! rejections. Do not use it to hide failures of writes.
+//!
+//! # Example
+//!
+//! An HTTP dependency that fails; the layer serves the last good body, and
+//! an empty list when it has none.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Method, Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use seawall_fallback::{Degraded, FallbackLayer, LastKnownGood, RequestInfo, Tier};
+//! use tower::{service_fn, BoxError, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let layer = FallbackLayer::http()
+//!     .name("recommendations")
+//!     .last_known_good(
+//!         LastKnownGood::new().capacity(10_000).max_staleness(Duration::from_secs(600)),
+//!         |info: &RequestInfo| (info.method() == Method::GET).then(|| info.uri().clone()),
+//!     )
+//!     .value(Response::new(Bytes::from_static(b"[]")))
+//!     .build()?;
+//!
+//! // A dependency that works once, then answers 503.
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+//! let svc = layer.layer(service_fn(move |_req: Request<()>| {
+//!     let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+//!     async move {
+//!         let status = if n == 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+//!         let body = Full::new(Bytes::from_static(b"[\"socks\"]"));
+//!         Ok::<_, BoxError>(Response::builder().status(status).body(body)?)
+//!     }
+//! }));
+//!
+//! let get = |path: &str| Request::get(path).body(()).unwrap();
+//! let fresh = svc.clone().oneshot(get("/recs/1")).await?;
+//! assert!(fresh.extensions().get::<Degraded>().is_none());
+//! assert_eq!(fresh.into_body().collect().await?.to_bytes(), "[\"socks\"]");
+//!
+//! // The dependency now fails: the remembered body is served...
+//! let stale = svc.clone().oneshot(get("/recs/1")).await?;
+//! assert_eq!(stale.status(), StatusCode::OK);
+//! assert_eq!(stale.headers()["seawall-degraded"], "last-known-good");
+//! assert_eq!(stale.into_body().collect().await?.to_bytes(), "[\"socks\"]");
+//!
+//! // ...and for a key never seen, the static value.
+//! let empty = svc.oneshot(get("/recs/2")).await?;
+//! assert_eq!(empty.extensions().get::<Degraded>().map(|d| d.tier), Some(Tier::Value));
+//! assert_eq!(empty.into_body().collect().await?.to_bytes(), "[]");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Modes
+//!
+//! [`FallbackLayer::http`] handles `http` messages with streaming bodies
+//! (see [`Http`]). [`FallbackLayer::builder`] and [`FallbackLayer::capturing`]
+//! handle any `Clone` response (see [`Plain`]): here a price lookup that,
+//! while its breaker is open, answers from a secondary source and else from
+//! a computed default.
+//!
+//! ```
+//! use http::StatusCode;
+//! use seawall_core::{BoxError, Rejected};
+//! use seawall_fallback::{CauseKind, FallbackLayer, Rejections};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! #[derive(Debug)]
+//! struct Lookup { sku: &'static str }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let layer = FallbackLayer::capturing(|req: &Lookup| req.sku)
+//!     .on_rejections(Rejections::only(["circuit_open"]))
+//!     .alternative(service_fn(|sku: &'static str| async move {
+//!         if sku == "socks" { Ok::<_, BoxError>(450_u32) } else { Err("not in the replica".into()) }
+//!     }))
+//!     .function(|_sku: &&'static str, cause| {
+//!         (cause.kind() == CauseKind::Rejection("circuit_open")).then_some(999)
+//!     })
+//!     .build()?;
+//!
+//! // The breaker below is open: every call is refused at once.
+//! let prices = layer.layer(service_fn(|_: Lookup| async {
+//!     Err::<u32, BoxError>(Rejected::new("circuit_open", StatusCode::SERVICE_UNAVAILABLE, None).into())
+//! }));
+//! assert_eq!(prices.clone().oneshot(Lookup { sku: "socks" }).await?, 450);
+//! assert_eq!(prices.oneshot(Lookup { sku: "hat" }).await?, 999);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Cost
+//!
+//! On success, without last-known-good recording, the layer adds a
+//! classification and one reference-count increment and decrement per call:
+//! no lock, no allocation, no boxing. Request info is captured only if a
+//! tier other than [`value`](Builder::value) reads it (for HTTP, one
+//! allocation). Recording a successful response for the last-known-good tier
+//! copies it (for HTTP, its headers and a body up to the limit) into the
+//! cache. The tier chain itself runs in one boxed future, only after a
+//! failure. Figures: `cargo bench -p seawall-benches --bench fallback`.
+//!
+//! [tower]: https://docs.rs/tower
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod chain;
+mod event;
+mod future;
+pub mod http;
+mod last_known_good;
+mod layer;
+mod mode;
+mod service;
+mod tier;
+
+pub use event::FallbackEvent;
+pub use future::ResponseFuture;
+pub use http::{FallbackBody, Http, RequestInfo};
+pub use last_known_good::{LastKnownGood, LastKnownGoodCache};
+pub use layer::{Builder, FallbackLayer};
+pub use mode::{Capture, CaptureWith, Mode, NoCapture, Plain, Recorder, Respond};
+pub use service::Fallback;
+pub use tier::{Cause, CauseKind, Degraded, Rejections, Tier};

@@ -77,6 +77,16 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: crate::circuit_breaker::KeyedCircuitBreakerLayer<K, F, C>,
     ) -> ServiceBuilder<Stack<crate::circuit_breaker::KeyedCircuitBreakerLayer<K, F, C>, L>>;
+    /// Answers failed calls from tiers of degraded responses; see
+    /// [`FallbackLayer`](crate::fallback::FallbackLayer).
+    #[cfg(feature = "fallback")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "fallback")))]
+    fn fallback<M, C, Li>(
+        self,
+        layer: crate::fallback::FallbackLayer<M, C, Li>,
+    ) -> ServiceBuilder<Stack<crate::fallback::FallbackLayer<M, C, Li>, L>>
+    where
+        M: crate::fallback::Mode;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -122,6 +132,17 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::circuit_breaker::KeyedCircuitBreakerLayer<K, F, C>,
     ) -> ServiceBuilder<Stack<crate::circuit_breaker::KeyedCircuitBreakerLayer<K, F, C>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "fallback")]
+    fn fallback<M, C, Li>(
+        self,
+        layer: crate::fallback::FallbackLayer<M, C, Li>,
+    ) -> ServiceBuilder<Stack<crate::fallback::FallbackLayer<M, C, Li>, L>>
+    where
+        M: crate::fallback::Mode,
+    {
         self.layer(layer)
     }
 }

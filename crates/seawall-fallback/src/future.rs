@@ -1,0 +1,160 @@
+//! The response future of [`Fallback`](crate::Fallback).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use seawall_core::{rejection, BoxError, Classify, Listener, Outcome};
+
+use crate::chain::{self, Original, Shared};
+use crate::event::FallbackEvent;
+use crate::mode::{Mode, Respond};
+
+type Falling<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Fallback`](crate::Fallback).
+    ///
+    /// While the inner call succeeds it only polls the inner future; once it
+    /// fails, it runs the tiers in a boxed future.
+    pub struct ResponseFuture<F, T, M, C, L>
+    where
+        M: Mode,
+    {
+        #[pin]
+        state: State<F, T, M, C, L>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, T, M, C, L>
+    where
+        M: Mode,
+    {
+        Called {
+            #[pin]
+            fut: F,
+            // Held until the future is dropped; only the failure path
+            // clones it, into the tier chain.
+            shared: Arc<Shared<M, C, L>>,
+            info: Option<M::Info>,
+        },
+        Falling {
+            fut: Falling<T>,
+        },
+    }
+}
+
+impl<F, T, M: Mode, C, L> ResponseFuture<F, T, M, C, L> {
+    pub(crate) fn new(fut: F, shared: Arc<Shared<M, C, L>>, info: Option<M::Info>) -> Self {
+        Self {
+            state: State::Called { fut, shared, info },
+        }
+    }
+}
+
+impl<F, T, Res, E, M, C, L> Future for ResponseFuture<F, T, M, C, L>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    Res: Send + 'static,
+    M: Respond<Res, Response = T>,
+    C: Classify<Res, BoxError> + Send + Sync + 'static,
+    L: Listener<FallbackEvent>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (shared, info, original) = match self.as_mut().project().state.project() {
+            StateProj::Falling { fut } => return fut.as_mut().poll(cx),
+            StateProj::Called { fut, shared, info } => match ready!(fut.poll(cx)) {
+                Ok(res) => match shared.classifier.classify(Ok(&res)) {
+                    Outcome::Success if shared.last_known_good.is_some() => {
+                        return Poll::Ready(Ok(record(shared, res, info.as_ref())));
+                    }
+                    Outcome::Success | Outcome::Ignore => return Poll::Ready(Ok(M::pass(res))),
+                    Outcome::Failure => (shared.clone(), info.take(), Original::Response(res)),
+                },
+                Err(err) => match judge(shared, err.into()) {
+                    Ok(original) => (shared.clone(), info.take(), original),
+                    Err(err) => return Poll::Ready(Err(err)),
+                },
+            },
+        };
+        let mut fut = begin(shared, info, original);
+        let poll = fut.as_mut().poll(cx);
+        self.project().state.set(State::Falling { fut });
+        poll
+    }
+}
+
+/// Decides whether an error fires the fallback: a seawall rejection by the
+/// rejection filter, anything else by the classifier. `Err` passes it on.
+#[cold]
+#[inline(never)]
+fn judge<M, C, L, Res>(shared: &Shared<M, C, L>, err: BoxError) -> Result<Original<Res>, BoxError>
+where
+    M: Mode,
+    C: Classify<Res, BoxError>,
+{
+    let fires = match rejection::find(&*err) {
+        Some(rejected) => shared.rejections.matches(rejected.kind()),
+        None => shared.classifier.classify(Err(&err)).is_failure(),
+    };
+    if fires {
+        Ok(Original::Error(err))
+    } else {
+        Err(err)
+    }
+}
+
+/// Starts the tier chain; kept out of line so the success path stays small.
+#[cold]
+#[inline(never)]
+fn begin<M, C, L, Res>(
+    shared: Arc<Shared<M, C, L>>,
+    info: Option<M::Info>,
+    original: Original<Res>,
+) -> Falling<<M as Respond<Res>>::Response>
+where
+    Res: Send + 'static,
+    M: Respond<Res>,
+    C: Send + Sync + 'static,
+    L: Listener<FallbackEvent>,
+{
+    Box::pin(chain::run(shared, info, original))
+}
+
+#[inline(never)]
+fn record<M, C, L, Res>(
+    shared: &Shared<M, C, L>,
+    res: Res,
+    info: Option<&M::Info>,
+) -> <M as Respond<Res>>::Response
+where
+    M: Respond<Res>,
+{
+    if let (Some(slot), Some(info)) = (&shared.last_known_good, info) {
+        if let Some(recorder) = slot.recorder(info) {
+            return shared.mode.record(res, recorder);
+        }
+    }
+    M::pass(res)
+}
+
+impl<F, T, M: Mode, C, L> fmt::Debug for ResponseFuture<F, T, M, C, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Falling { .. } => "falling back",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
