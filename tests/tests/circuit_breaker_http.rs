@@ -51,7 +51,9 @@ async fn http_failures_open_the_breaker_and_clients_get_503_with_retry_after() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((29..=30).contains(&retry_after), "{retry_after}");
+    // The time left of a 30 s open duration; real time passes between the
+    // trip and this request, so leave room for a loaded machine.
+    assert!((20..=30).contains(&retry_after), "{retry_after}");
     assert_eq!(
         res.head.headers[header::CONTENT_TYPE],
         "application/problem+json"

@@ -19,7 +19,9 @@ use crate::error::CircuitOpen;
 use crate::event::{CircuitBreakerEvent, Emitter, EventKind};
 use crate::handle::Metrics;
 use crate::open_duration::OpenDuration;
-use crate::state::{epoch_of, pack, state_of, Admit, ProbeGate, ProbeVerdict, State};
+use crate::state::{
+    admits_all, epoch_of, is_closed, pack, state_of, Admit, ProbeGate, ProbeVerdict, State,
+};
 use crate::window::{CountWindow, Counts, Padded, TimeWindow, Window};
 
 /// The window a breaker records into.
@@ -54,9 +56,9 @@ enum Trip {
 
 /// What a call was admitted as, carried from admission to its outcome.
 ///
-/// Plain words only: the ticket is moved from the service into the future,
-/// and an `Option<Instant>` (written in pieces, read back whole) costs a
-/// store-forwarding stall on every move.
+/// Plain words only: an `Option<Instant>` (written in pieces, read back
+/// whole) costs a store-forwarding stall on every move. The ticket is made
+/// in `call` and written once, into the response future.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
     /// The state word the call was admitted under; its state says what
@@ -73,6 +75,11 @@ impl Ticket {
     #[inline]
     fn state(&self) -> State {
         state_of(self.word)
+    }
+
+    #[inline]
+    pub(crate) fn word(&self) -> u64 {
+        self.word
     }
 
     #[inline]
@@ -103,6 +110,9 @@ pub(crate) struct Breaker {
     open_until: AtomicU64,
     half_open_since: AtomicU64,
     rejected: AtomicU64,
+    /// `cfg.slow_call_duration`, kept here so the call path does not chase
+    /// the config's pointer.
+    slow_call: Option<Duration>,
     base: Instant,
     cfg: Arc<Config>,
     key: Option<Arc<str>>,
@@ -141,6 +151,7 @@ impl Breaker {
             open_until: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            slow_call: cfg.slow_call_duration,
             base: now,
             control: Mutex::new(Control {
                 trips: 0,
@@ -199,48 +210,38 @@ impl Breaker {
         }
     }
 
-    /// `true` if a call admitted with `ticket` would now be admitted under
-    /// another state.
-    pub(crate) fn is_stale(&self, ticket: &Ticket) -> bool {
-        ticket.state() != State::Disabled && self.state.load(Ordering::Acquire) != ticket.word
+    /// `true` if a call admitted under the state word `word` would now be
+    /// admitted under another state (or refused). This holds for a disabled
+    /// admission too: a breaker forced open after it must refuse the call.
+    pub(crate) fn is_stale(&self, word: u64) -> bool {
+        self.state.load(Ordering::Acquire) != word
     }
 
-    /// Decides whether a call may go through.
+    /// Decides whether a call may go through, returning the state word it
+    /// is admitted under; the [`Ticket`] is made from it when the call
+    /// starts ([`Breaker::ticket`]).
     ///
-    /// Always inlined, with everything but the closed state out of line, so
-    /// the ticket stays in registers instead of crossing a call boundary
-    /// (measured in `benches/benches/circuit_breaker.rs`: returning it through
-    /// memory cost a store-forwarding stall per call).
+    /// Always inlined, with everything but the closed and disabled states
+    /// out of line, so the word stays in registers instead of crossing a
+    /// call boundary (measured in `benches/benches/circuit_breaker.rs`:
+    /// returning an admission through memory cost a store-forwarding stall
+    /// per call).
     #[allow(clippy::inline_always)]
     #[inline(always)]
-    pub(crate) fn admit(&self) -> Result<Ticket, CircuitOpen> {
+    pub(crate) fn admit(&self) -> Result<u64, CircuitOpen> {
         let word = self.state.load(Ordering::Acquire);
-        if state_of(word) == State::Closed {
-            return Ok(Ticket {
-                word,
-                start: self.start(),
-            });
+        if admits_all(word) {
+            return Ok(word);
         }
         self.admit_slow(word)
     }
 
     #[cold]
     #[inline(never)]
-    fn admit_slow(&self, mut word: u64) -> Result<Ticket, CircuitOpen> {
+    fn admit_slow(&self, mut word: u64) -> Result<u64, CircuitOpen> {
         loop {
             match state_of(word) {
-                State::Closed => {
-                    return Ok(Ticket {
-                        word,
-                        start: self.start(),
-                    })
-                }
-                State::Disabled => {
-                    return Ok(Ticket {
-                        word,
-                        start: NO_START,
-                    })
-                }
+                State::Closed | State::Disabled => return Ok(word),
                 State::ForcedOpen => return Err(self.reject(word, None)),
                 State::Open => {
                     let now = self.nanos(Instant::now());
@@ -251,12 +252,7 @@ impl Breaker {
                     self.transition(word, State::HalfOpen, None);
                 }
                 State::HalfOpen => match self.gate.try_admit(epoch_of(word), self.cfg.probes) {
-                    Admit::Admitted => {
-                        return Ok(Ticket {
-                            word,
-                            start: self.start(),
-                        })
-                    }
+                    Admit::Admitted => return Ok(word),
                     Admit::Full => {
                         let since = self.half_open_since.load(Ordering::Relaxed);
                         let waited = self.nanos(Instant::now()).saturating_sub(since);
@@ -278,13 +274,17 @@ impl Breaker {
         }
     }
 
+    /// The ticket of a call admitted under `word`, as it starts. The clock
+    /// is read only when slow calls are detected; the duration of a call
+    /// runs from `call`, not from readiness.
     #[inline]
-    fn start(&self) -> u64 {
-        if self.cfg.slow_call_duration.is_some() {
+    pub(crate) fn ticket(&self, word: u64) -> Ticket {
+        let start = if self.slow_call.is_some() && state_of(word) != State::Disabled {
             self.nanos(Instant::now())
         } else {
             NO_START
-        }
+        };
+        Ticket { word, start }
     }
 
     #[cold]
@@ -296,19 +296,26 @@ impl Breaker {
         CircuitOpen::new(retry_after)
     }
 
-    /// A probe that will never report (cancelled before it finished).
-    pub(crate) fn abandon(&self, ticket: &Ticket) {
-        if ticket.is_probe() {
-            self.gate.release(epoch_of(ticket.word));
+    /// A probe that will never report (cancelled before it finished, or
+    /// admitted and never called).
+    pub(crate) fn abandon(&self, word: u64) {
+        if state_of(word) == State::HalfOpen {
+            self.gate.release(epoch_of(word));
         }
     }
 
     #[inline]
     fn is_slow(&self, ticket: &Ticket) -> bool {
-        match self.cfg.slow_call_duration {
+        self.slow_call.is_some() && self.is_slow_at(ticket, self.nanos(Instant::now()))
+    }
+
+    /// Whether the call of `ticket`, finished at `now` (nanoseconds since
+    /// the base instant), was slow.
+    #[inline]
+    fn is_slow_at(&self, ticket: &Ticket, now: u64) -> bool {
+        match self.slow_call {
             Some(limit) if ticket.start != NO_START => {
-                let took = self.nanos(Instant::now()).saturating_sub(ticket.start);
-                Duration::from_nanos(took) > limit
+                Duration::from_nanos(now.saturating_sub(ticket.start)) > limit
             }
             _ => false,
         }
@@ -317,53 +324,62 @@ impl Breaker {
     /// Records the outcome of a call admitted with `ticket`.
     #[inline]
     pub(crate) fn record(&self, ticket: &Ticket, outcome: Outcome) {
-        match ticket.state() {
-            State::HalfOpen => {
-                if outcome == Outcome::Ignore {
-                    self.abandon(ticket);
-                    return;
-                }
-                let slow = self.is_slow(ticket);
-                if let Some(verdict) = self.gate.complete(
-                    epoch_of(ticket.word),
-                    self.cfg.probes,
-                    outcome.is_failure(),
-                    slow,
-                ) {
-                    self.decide(ticket.word, verdict);
-                }
+        if is_closed(ticket.word) {
+            self.record_closed(ticket, outcome);
+        } else if ticket.is_probe() {
+            self.record_probe(ticket, outcome);
+        }
+        // Disabled: nothing is recorded. A ticket is never issued in the
+        // open states.
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_probe(&self, ticket: &Ticket, outcome: Outcome) {
+        if outcome == Outcome::Ignore {
+            self.abandon(ticket.word);
+            return;
+        }
+        let slow = self.is_slow(ticket);
+        if let Some(verdict) = self.gate.complete(
+            epoch_of(ticket.word),
+            self.cfg.probes,
+            outcome.is_failure(),
+            slow,
+        ) {
+            self.decide(ticket.word, verdict);
+        }
+    }
+
+    #[inline]
+    fn record_closed(&self, ticket: &Ticket, outcome: Outcome) {
+        // An outcome of a call admitted under an earlier state says
+        // nothing about the state the breaker is in now.
+        if outcome == Outcome::Ignore || self.state.load(Ordering::Acquire) != ticket.word {
+            return;
+        }
+        let failed = outcome.is_failure();
+        let window = self.window();
+        // One clock read serves both the slow-call check and the time window
+        // (a read costs more than the rest of the closed path).
+        let now = if self.slow_call.is_some() || window.needs_clock() {
+            self.nanos(Instant::now())
+        } else {
+            0
+        };
+        let slow = self.is_slow_at(ticket, now);
+        let counts = window.record(now, failed, slow);
+        let consecutive = if failed {
+            self.consecutive.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            // Read first so a run of successes never writes the line.
+            if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Relaxed);
             }
-            State::Closed => {
-                // An outcome of a call admitted under an earlier state says
-                // nothing about the state the breaker is in now.
-                if outcome == Outcome::Ignore || self.state.load(Ordering::Acquire) != ticket.word {
-                    return;
-                }
-                let failed = outcome.is_failure();
-                let slow = self.is_slow(ticket);
-                let window = self.window();
-                let now = if window.needs_clock() {
-                    self.nanos(Instant::now())
-                } else {
-                    0
-                };
-                let counts = window.record(now, failed, slow);
-                let consecutive = if failed {
-                    self.consecutive.fetch_add(1, Ordering::Relaxed) + 1
-                } else {
-                    // Read first so a run of successes never writes the line.
-                    if self.consecutive.load(Ordering::Relaxed) != 0 {
-                        self.consecutive.store(0, Ordering::Relaxed);
-                    }
-                    0
-                };
-                if let Some(trip) = self.trip_rule(counts, consecutive) {
-                    self.transition(ticket.word, State::Open, Some(trip));
-                }
-            }
-            // Disabled: nothing is recorded. A ticket is never issued in the
-            // open states.
-            State::Disabled | State::Open | State::ForcedOpen => {}
+            0
+        };
+        if let Some(trip) = self.trip_rule(counts, consecutive) {
+            self.transition(ticket.word, State::Open, Some(trip));
         }
     }
 
@@ -385,7 +401,7 @@ impl Breaker {
         if failure_rate >= self.cfg.failure_rate {
             return Some(Trip::FailureRate(failure_rate));
         }
-        if self.cfg.slow_call_duration.is_some() {
+        if self.slow_call.is_some() {
             let slow_rate = c.slow as f64 / calls;
             if slow_rate >= self.cfg.slow_call_rate {
                 return Some(Trip::SlowCallRate(slow_rate));
@@ -574,7 +590,8 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..30_000u32 {
                         let b = &shared.breaker;
-                        if let Ok(ticket) = b.admit() {
+                        if let Ok(word) = b.admit() {
+                            let ticket = b.ticket(word);
                             let outcome = if (i + t) % 3 == 0 {
                                 Outcome::Failure
                             } else {

@@ -32,10 +32,6 @@ impl<C> Permit<C> {
         }
     }
 
-    pub(crate) fn is_stale(&self) -> bool {
-        self.shared.breaker.is_stale(&self.ticket)
-    }
-
     #[inline]
     fn finish<Res, Err>(&mut self, result: Result<&Res, &Err>)
     where
@@ -44,8 +40,10 @@ impl<C> Permit<C> {
         if self.recorded {
             return;
         }
-        self.recorded = true;
+        // Classify first: if the classifier panics, the permit is dropped
+        // unrecorded and a probe gives its slot back.
         let outcome = self.shared.classifier.classify(result);
+        self.recorded = true;
         self.shared.breaker.record(&self.ticket, outcome);
     }
 }
@@ -53,7 +51,7 @@ impl<C> Permit<C> {
 impl<C> Drop for Permit<C> {
     fn drop(&mut self) {
         if !self.recorded && self.ticket.is_probe() {
-            self.shared.breaker.abandon(&self.ticket);
+            self.shared.breaker.abandon(self.ticket.word());
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::mem;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,14 +31,18 @@ struct Entry<C> {
 
 struct Shard<K, C> {
     map: HashMap<K, Entry<C>>,
-    capacity: usize,
     last_sweep: Instant,
 }
 
-/// The breakers of a keyed layer: sharded maps under short locks, each shard
-/// with a fixed share of the capacity so the total can never exceed it.
+/// The breakers of a keyed layer: sharded maps under short locks, and one
+/// count of the breakers they hold together. A new breaker first reserves
+/// its place in the count (never past the capacity), so the total can never
+/// exceed it; and no breaker is evicted while the registry has room, however
+/// the keys fall into shards (a fixed share of the capacity per shard would
+/// evict live breakers of colliding keys long before the registry is full).
 pub(crate) struct Registry<K, C> {
     shards: Box<[Mutex<Shard<K, C>>]>,
+    len: AtomicUsize,
     hasher: RandomState,
     cfg: Arc<Config>,
     classifier: C,
@@ -61,16 +66,16 @@ where
         let count = capacity.clamp(1, MAX_SHARDS);
         let now = Instant::now();
         let shards = (0..count)
-            .map(|i| {
+            .map(|_| {
                 Mutex::new(Shard {
                     map: HashMap::new(),
-                    capacity: capacity / count + usize::from(i < capacity % count),
                     last_sweep: now,
                 })
             })
             .collect();
         Self {
             shards,
+            len: AtomicUsize::new(0),
             hasher: RandomState::new(),
             cfg,
             classifier,
@@ -80,58 +85,128 @@ where
         }
     }
 
-    fn shard(&self, key: &K) -> MutexGuard<'_, Shard<K, C>> {
-        let i = (self.hasher.hash_one(key) % self.shards.len() as u64) as usize;
-        lock(&self.shards[i])
+    fn shard_index(&self, key: &K) -> usize {
+        (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
     }
 
     fn is_idle(&self, entry: &Entry<C>, now: Instant) -> bool {
         now.saturating_duration_since(entry.last_used) >= self.idle
     }
 
-    /// The breaker for `key`, made on first use.
-    pub(crate) fn get(&self, key: K) -> Arc<Shared<C>> {
-        let now = Instant::now();
-        let mut shard = self.shard(&key);
-        if let Some(entry) = shard.map.get_mut(&key) {
-            if now.saturating_duration_since(entry.last_used) < self.idle {
-                entry.last_used = now;
-                return entry.shared.clone();
-            }
-        }
-        // Sweeping at most once per idle period keeps inserts O(1) amortised.
-        if shard.map.len() >= shard.capacity
-            || now.saturating_duration_since(shard.last_sweep) >= self.idle
-        {
-            shard.map.retain(|_, e| !self.is_idle(e, now));
-            shard.last_sweep = now;
-        }
-        if !shard.map.contains_key(&key) && shard.map.len() >= shard.capacity {
-            let lru = shard
-                .map
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone());
-            if let Some(lru) = lru {
-                shard.map.remove(&lru);
-            }
-        }
-        let shared = Arc::new(Shared {
+    /// Takes one place in the registry, if it has room.
+    fn reserve(&self) -> bool {
+        self.len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Drops the idle breakers of a shard, giving their places back.
+    fn sweep(&self, shard: &mut Shard<K, C>, now: Instant) {
+        let before = shard.map.len();
+        shard.map.retain(|_, e| !self.is_idle(e, now));
+        shard.last_sweep = now;
+        self.len
+            .fetch_sub(before - shard.map.len(), Ordering::AcqRel);
+    }
+
+    /// The least recently used key of a shard.
+    fn lru(shard: &Shard<K, C>) -> Option<K> {
+        shard
+            .map
+            .iter()
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(k, _)| k.clone())
+    }
+
+    fn make(&self, key: &K) -> Arc<Shared<C>> {
+        Arc::new(Shared {
             breaker: Breaker::new(
                 self.cfg.clone(),
                 Some(Arc::from(format!("{key:?}"))),
                 self.emit.clone(),
             ),
             classifier: self.classifier.clone(),
-        });
-        shard.map.insert(
-            key,
-            Entry {
-                shared: shared.clone(),
-                last_used: now,
-            },
-        );
-        shared
+        })
+    }
+
+    /// The breaker for `key`, made on first use.
+    ///
+    /// When the registry is full, a new key takes the place of an idle
+    /// breaker, else of the least recently used breaker of its shard (or,
+    /// if its shard is empty, of another shard).
+    pub(crate) fn get(&self, key: K) -> Arc<Shared<C>> {
+        let now = Instant::now();
+        let index = self.shard_index(&key);
+        loop {
+            let mut shard = lock(&self.shards[index]);
+            if let Some(entry) = shard.map.get_mut(&key) {
+                if !self.is_idle(entry, now) {
+                    entry.last_used = now;
+                    return entry.shared.clone();
+                }
+                // An idle key that comes back starts with a fresh breaker,
+                // in the place its old one held.
+                let shared = self.make(&key);
+                *entry = Entry {
+                    shared: shared.clone(),
+                    last_used: now,
+                };
+                return shared;
+            }
+            // Sweeping at most once per idle period keeps inserts O(1)
+            // amortised.
+            if now.saturating_duration_since(shard.last_sweep) >= self.idle {
+                self.sweep(&mut shard, now);
+            }
+            let reserved = self.reserve() || {
+                // Full: make room in this shard if it holds anything.
+                self.sweep(&mut shard, now);
+                if self.reserve() {
+                    true
+                } else if let Some(lru) = Self::lru(&shard) {
+                    // Replacing a breaker keeps the count as it is.
+                    shard.map.remove(&lru);
+                    true
+                } else {
+                    false
+                }
+            };
+            if reserved {
+                let shared = self.make(&key);
+                shard.map.insert(
+                    key,
+                    Entry {
+                        shared: shared.clone(),
+                        last_used: now,
+                    },
+                );
+                return shared;
+            }
+            // Full, with this shard empty: free a place in another shard
+            // (never holding two shard locks), then try again.
+            drop(shard);
+            self.evict_elsewhere(index, now);
+        }
+    }
+
+    fn evict_elsewhere(&self, skip: usize, now: Instant) {
+        for (i, shard) in self.shards.iter().enumerate() {
+            if i == skip {
+                continue;
+            }
+            let mut shard = lock(shard);
+            self.sweep(&mut shard, now);
+            if self.len.load(Ordering::Acquire) < self.capacity {
+                return;
+            }
+            if let Some(lru) = Self::lru(&shard) {
+                shard.map.remove(&lru);
+                self.len.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        }
     }
 }
 
@@ -158,8 +233,7 @@ where
         let mut out = Vec::new();
         for shard in &*self.shards {
             let mut shard = lock(shard);
-            shard.map.retain(|_, e| !self.is_idle(e, now));
-            shard.last_sweep = now;
+            self.sweep(&mut shard, now);
             out.extend(
                 shard
                     .map
@@ -172,7 +246,7 @@ where
 
     fn get(&self, key: &K) -> Option<Handle> {
         let now = Instant::now();
-        let shard = self.shard(key);
+        let shard = lock(&self.shards[self.shard_index(key)]);
         shard
             .map
             .get(key)
@@ -181,7 +255,10 @@ where
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).map.len()).sum()
+        // The shared count, not a sum over the shards: a breaker can move
+        // from a shard already summed to one not summed yet, and the sum
+        // would then count it twice.
+        self.len.load(Ordering::Acquire)
     }
 
     fn capacity(&self) -> usize {
@@ -389,9 +466,10 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = self.registry.get((self.key_fn)(&req));
         match shared.breaker.admit() {
-            Ok(ticket) => {
+            Ok(word) => {
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
+                let ticket = shared.breaker.ticket(word);
                 ResponseFuture::called(Oneshot::new(inner, req), Permit::new(shared, ticket))
             }
             Err(open) => ResponseFuture::rejected(open.retry_after_hint()),

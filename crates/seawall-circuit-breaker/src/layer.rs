@@ -266,8 +266,10 @@ impl<C, L> Builder<C, L> {
         self
     }
 
-    /// Keyed mode: the most breakers kept at once. When full, a new key
-    /// evicts idle breakers first, then the least recently used one.
+    /// Keyed mode: the most breakers kept at once. No breaker is evicted
+    /// while there is room; when full, a new key takes the place of an idle
+    /// breaker first, else of the least recently used one of its shard (the
+    /// registry is split into up to 16 shards).
     pub fn key_capacity(mut self, capacity: usize) -> Self {
         self.key_capacity = capacity;
         self

@@ -19,27 +19,61 @@ use crate::handle::{Handle, Shared};
 /// service made by one layer (and every clone) shares one breaker.
 pub struct CircuitBreaker<S, C = ErrorsFail> {
     inner: S,
-    shared: Arc<Shared<C>>,
-    admission: Admission<C>,
+    slot: Slot<C>,
 }
 
-/// The decision `poll_ready` made for the next `call`.
+/// The shared breaker and the decision `poll_ready` made for the next
+/// `call`.
 ///
-/// A rejection keeps only its hint (the `CircuitOpen` is built when the
-/// future is polled), so the enum stays small: it is written and moved on
-/// every call.
-enum Admission<C> {
-    Undecided,
-    Admitted(Permit<C>),
-    Rejected(Option<Duration>),
+/// An admission is kept as the bare state word it was made under, one
+/// `u64` written by `poll_ready` and read back by `call`: moving a whole
+/// permit through the service (written in pieces, read back as one wide
+/// copy) cost a store-forwarding stall per call. The response future's
+/// permit (with its reference on the breaker) is made in `call`.
+struct Slot<C> {
+    shared: Arc<Shared<C>>,
+    /// The state word of the admitted next call, or [`NONE`].
+    admitted: u64,
+    /// `poll_ready` refused the next call, with this hint.
+    rejected: bool,
+    retry_after: Option<Duration>,
+}
+
+/// No admission. Never a real state word: its tag (7) is not a state's.
+const NONE: u64 = u64::MAX;
+
+impl<C> Slot<C> {
+    fn new(shared: Arc<Shared<C>>) -> Self {
+        Self {
+            shared,
+            admitted: NONE,
+            rejected: false,
+            retry_after: None,
+        }
+    }
+
+    /// Drops an admission that will not be used, giving a probe slot back.
+    fn release(&mut self) {
+        let word = mem::replace(&mut self.admitted, NONE);
+        if word != NONE {
+            self.shared.breaker.abandon(word);
+        }
+    }
+}
+
+// An admitted probe that is never called (the service is dropped, or the
+// admission went stale) gives its slot back.
+impl<C> Drop for Slot<C> {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<C>>) -> Self {
         Self {
             inner,
-            shared,
-            admission: Admission::Undecided,
+            slot: Slot::new(shared),
         }
     }
 
@@ -62,7 +96,7 @@ impl<S, C> CircuitBreaker<S, C> {
 impl<S, C: Send + Sync + 'static> CircuitBreaker<S, C> {
     /// A handle on the breaker this service shares.
     pub fn handle(&self) -> Handle {
-        Handle::new(self.shared.clone())
+        Handle::new(self.slot.shared.clone())
     }
 }
 
@@ -70,7 +104,7 @@ impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("breaker", &self.shared.breaker)
+            .field("breaker", &self.slot.shared.breaker)
             .finish_non_exhaustive()
     }
 }
@@ -80,21 +114,7 @@ impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
-            admission: Admission::Undecided,
-        }
-    }
-}
-
-impl<S, C> CircuitBreaker<S, C> {
-    // Inlined for the same reason as `Breaker::admit`: the permit is built
-    // in place instead of being returned through memory.
-    #[allow(clippy::inline_always)]
-    #[inline(always)]
-    fn decide(&self) -> Admission<C> {
-        match self.shared.breaker.admit() {
-            Ok(ticket) => Admission::Admitted(Permit::new(self.shared.clone(), ticket)),
-            Err(open) => Admission::Rejected(open.retry_after_hint()),
+            slot: Slot::new(self.slot.shared.clone()),
         }
     }
 }
@@ -110,35 +130,47 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let slot = &mut self.slot;
         // Decide once per call, but decide again if the breaker changed state
         // while this service waited for the inner one.
-        let decided = match &self.admission {
-            Admission::Admitted(permit) => !permit.is_stale(),
-            Admission::Undecided | Admission::Rejected(_) => false,
-        };
-        if !decided {
-            self.admission = self.decide();
+        if slot.admitted != NONE {
+            if !slot.shared.breaker.is_stale(slot.admitted) {
+                return self.inner.poll_ready(cx).map_err(Into::into);
+            }
+            slot.release();
         }
-        if let Admission::Rejected(_) = self.admission {
-            // A call that will be rejected neither waits for nor touches the
-            // inner service.
-            return Poll::Ready(Ok(()));
+        match slot.shared.breaker.admit() {
+            Ok(word) => {
+                slot.admitted = word;
+                slot.rejected = false;
+                self.inner.poll_ready(cx).map_err(Into::into)
+            }
+            Err(open) => {
+                slot.rejected = true;
+                slot.retry_after = open.retry_after_hint();
+                // A call that will be rejected neither waits for nor touches
+                // the inner service.
+                Poll::Ready(Ok(()))
+            }
         }
-        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let admission = match mem::replace(&mut self.admission, Admission::Undecided) {
-            // `call` without `poll_ready` breaks the `Service` contract; still
-            // decide rather than panic.
-            Admission::Undecided => self.decide(),
-            decided => decided,
-        };
-        match admission {
-            Admission::Admitted(permit) => ResponseFuture::called(self.inner.call(req), permit),
-            Admission::Rejected(retry_after) => ResponseFuture::rejected(retry_after),
-            // `decide` never answers `Undecided`; refusing is the safe reading.
-            Admission::Undecided => ResponseFuture::rejected(None),
+        let slot = &mut self.slot;
+        let mut word = mem::replace(&mut slot.admitted, NONE);
+        if word == NONE {
+            if mem::take(&mut slot.rejected) {
+                return ResponseFuture::rejected(slot.retry_after);
+            }
+            // `call` without `poll_ready` breaks the `Service` contract;
+            // still decide rather than panic.
+            match slot.shared.breaker.admit() {
+                Ok(admitted) => word = admitted,
+                Err(open) => return ResponseFuture::rejected(open.retry_after_hint()),
+            }
         }
+        let ticket = slot.shared.breaker.ticket(word);
+        let permit = Permit::new(slot.shared.clone(), ticket);
+        ResponseFuture::called(self.inner.call(req), permit)
     }
 }

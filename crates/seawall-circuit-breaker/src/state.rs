@@ -88,6 +88,20 @@ pub(crate) fn state_of(word: u64) -> State {
     State::ALL[(word & TAG_MASK) as usize % State::ALL.len()]
 }
 
+/// `true` for a closed word.
+#[inline]
+pub(crate) const fn is_closed(word: u64) -> bool {
+    word & TAG_MASK == State::Closed.tag()
+}
+
+/// `true` when the state admits every call without asking anything else
+/// (closed or disabled): the tags 0 and 4 are the only ones with the low
+/// two bits clear.
+#[inline]
+pub(crate) const fn admits_all(word: u64) -> bool {
+    word.trailing_zeros() >= 2
+}
+
 /// The most probes the gate can count (10-bit fields).
 pub(crate) const MAX_PROBES: u32 = 1000;
 

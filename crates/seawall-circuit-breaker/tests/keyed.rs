@@ -86,6 +86,43 @@ async fn registry_never_exceeds_its_capacity() {
     }
 }
 
+/// A registry with room keeps every breaker, however the keys fall into its
+/// shards: a key whose breaker was evicted early would never trip.
+#[tokio::test(start_paused = true)]
+async fn a_registry_with_room_evicts_nothing() {
+    for capacity in [2usize, 4, 16, 40] {
+        let layer = CircuitBreakerLayer::builder()
+            .count_window(2)
+            .minimum_calls(2)
+            .key_capacity(capacity)
+            .build_keyed(|r: &(u32, bool)| r.0)
+            .unwrap();
+        let keys = layer.handle();
+        let mut svc = layer.layer(service_fn(|(_, fail): (u32, bool)| async move {
+            if fail {
+                Err::<(), BoxError>("boom".into())
+            } else {
+                Ok(())
+            }
+        }));
+        for _ in 0..2 {
+            for k in 0..capacity as u32 {
+                let _ = svc.ready().await.unwrap().call((k, true)).await;
+            }
+        }
+        assert_eq!(keys.len(), capacity);
+        assert_eq!(keys.breakers().len(), capacity);
+        for k in 0..capacity as u32 {
+            assert_eq!(keys.get(&k).map(|h| h.state()), Some(State::Open), "{k}");
+        }
+        // One more key makes room by evicting exactly one breaker.
+        let _ = svc.ready().await.unwrap().call((1_000, false)).await;
+        assert_eq!(keys.len(), capacity);
+        assert_eq!(keys.breakers().len(), capacity);
+        assert!(keys.get(&1_000).is_some());
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_breakers_are_evicted() {
     let layer = CircuitBreakerLayer::builder()
@@ -164,4 +201,44 @@ async fn keyed_events_carry_the_key() {
     keys.get(&"x").unwrap().force_open();
     assert_eq!(keys.get(&"x").unwrap().name(), "hosts");
     assert_eq!(*seen.lock().unwrap(), vec![Some("\"x\"".to_owned())]);
+}
+
+/// Tasks racing new keys on two worker threads never push the registry past
+/// its capacity, including when a new key's shard is empty and room must be
+/// made in another shard.
+#[test]
+fn racing_new_keys_never_exceed_the_capacity() {
+    const CAPACITY: usize = 10;
+    let layer = CircuitBreakerLayer::builder()
+        .key_capacity(CAPACITY)
+        .build_keyed(|n: &u32| *n)
+        .unwrap();
+    let keys = layer.handle();
+    let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap()
+        .block_on(async {
+            let tasks: Vec<_> = (0..8u32)
+                .map(|t| {
+                    let (mut svc, keys) = (svc.clone(), keys.clone());
+                    tokio::spawn(async move {
+                        for n in 0..2_000u32 {
+                            let key = t * 10_000 + n;
+                            assert_eq!(svc.ready().await.unwrap().call(key).await.unwrap(), key);
+                            assert!(keys.len() <= CAPACITY, "{} > {CAPACITY}", keys.len());
+                            if n % 32 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    assert_eq!(keys.len(), CAPACITY);
+    assert_eq!(keys.breakers().len(), CAPACITY);
 }

@@ -233,6 +233,23 @@ async fn open_does_not_wait_for_inner_readiness() {
     assert!(svc.poll_ready().is_ready());
 }
 
+/// A call admitted while disabled and still waiting for the inner service
+/// must be refused once the breaker is forced open.
+#[tokio::test(start_paused = true)]
+async fn forced_open_refuses_a_call_admitted_while_disabled() {
+    let layer = small().build().unwrap();
+    let handle = layer.handle();
+    let (mut svc, mut mock) = tower_test::mock::spawn_layer::<Call, &'static str, _>(layer);
+    mock.allow(0);
+    handle.disable();
+    assert!(svc.poll_ready().is_pending());
+    handle.force_open();
+    assert!(svc.poll_ready().is_ready());
+    let err = svc.call(Call::Ok).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert!(mock.poll_request().is_pending());
+}
+
 #[tokio::test(start_paused = true)]
 async fn half_open_probe_success_closes_with_a_fresh_window() {
     let (mut svc, handle, reached) = breaker(small());
@@ -334,6 +351,36 @@ async fn a_cancelled_probe_gives_its_slot_back() {
     assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
     assert_eq!(handle.state(), State::Closed);
     assert_eq!(reached.load(Ordering::SeqCst), 6);
+}
+
+/// A classifier that panics on a probe's result must not keep the probe's
+/// slot taken until `max_half_open_wait`.
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_classifier_panics_gives_its_slot_back() {
+    let classify = |res: Result<&&'static str, &BoxError>| match res {
+        Ok(&"bad") => panic!("classifier bug"),
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Failure,
+    };
+    let layer = small().classifier(classify).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|call: Call| async move {
+        match call {
+            Call::Fail => Err::<&'static str, BoxError>("boom".into()),
+            Call::Slow(_) => Ok("bad"),
+            _ => Ok("ok"),
+        }
+    }));
+    for _ in 0..4 {
+        let _ = svc.clone().oneshot(Call::Fail).await;
+    }
+    tokio::time::advance(SECS(10)).await;
+    let probe = tokio::spawn(svc.clone().oneshot(Call::Slow(0)));
+    assert!(probe.await.unwrap_err().is_panic());
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(handle.metrics().probes_in_flight, 0);
+    assert_eq!(svc.clone().oneshot(Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::Closed);
 }
 
 #[tokio::test(start_paused = true)]
