@@ -139,6 +139,7 @@ fn record<M, C, L, Res>(
 where
     M: Respond<Res>,
 {
+    let info = info.filter(|info| shared.mode.storable(info));
     if let (Some(slot), Some(info)) = (&shared.last_known_good, info) {
         if let Some(recorder) = slot.recorder(info) {
             return shared.mode.record(res, recorder);

@@ -45,11 +45,13 @@ pub type AlternativeResponse = Response<UnsyncBoxBody<Bytes, BoxError>>;
 ///   copied aside as they pass and stored when the body ends. A bigger body,
 ///   one that errs or one with trailers (gRPC status lives there) still
 ///   reaches the client intact but is not stored; neither is a response
-///   marked `Cache-Control: no-store`. Stored copies drop `Set-Cookie` and
-///   hop-by-hop headers.
+///   marked `Cache-Control: no-store`, nor a `304 Not Modified` or
+///   `206 Partial Content`, nor an answer to `HEAD`. Stored copies drop
+///   `Set-Cookie` and hop-by-hop headers.
 /// - Degraded responses carry a [`Degraded`] extension and, by default, the
 ///   header `seawall-degraded: <tier>`; last-known-good answers also carry
-///   `Age` (RFC 9111 §5.1).
+///   `Age` (RFC 9111 §5.1): the `Age` the response arrived with plus the
+///   time it was held.
 #[derive(Debug, Clone)]
 pub struct Http {
     headers: CapturedHeaders,
@@ -265,6 +267,12 @@ impl Mode for Http {
     fn alternative_usable(&self, res: &AlternativeResponse) -> bool {
         !Classify::<_, ()>::classify(&self.alternative_classifier, Ok(res)).is_failure()
     }
+
+    /// An answer to HEAD has no body: under a key that ignores the method
+    /// it would be replayed to a GET as an empty (or truncated) response.
+    fn storable(&self, info: &RequestInfo) -> bool {
+        info.method() != Method::HEAD
+    }
 }
 
 impl<B> Capture<Request<B>> for Http {
@@ -306,8 +314,9 @@ impl Http {
             );
         }
         if let Some(age) = degraded.age {
-            res.headers_mut()
-                .insert(AGE, HeaderValue::from(age.as_secs()));
+            // RFC 9111 §4.2.3: the age it had when stored, plus the time held.
+            let age = upstream_age(res.headers()).saturating_add(age.as_secs());
+            res.headers_mut().insert(AGE, HeaderValue::from(age));
         }
         res.extensions_mut().insert(degraded);
     }
@@ -332,13 +341,22 @@ where
             .lower()
             .try_into()
             .is_ok_and(|lower: usize| lower <= self.max_body_size);
-        if !fits || forbids_storing(&parts.headers) {
+        if !fits || !is_whole(parts.status) || forbids_storing(&parts.headers) {
             return Response::from_parts(parts, FallbackBody::new(Kind::Inner { body }));
         }
         let mut headers = parts.headers.clone();
         // Hop-by-hop fields belong to the original connection and framing,
-        // not to a replay whose body is now a single buffer.
-        for name in HOP_BY_HOP {
+        // not to a replay whose body is now a single buffer; `Connection`
+        // can name more of them (RFC 9110 §7.6.1).
+        let nominated: Vec<HeaderName> = parts
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in HOP_BY_HOP.into_iter().chain(nominated) {
             headers.remove(name);
         }
         // A replay may reach another client with the same key: never hand
@@ -400,6 +418,29 @@ fn forbids_storing(headers: &HeaderMap) -> bool {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|directive| directive.trim().eq_ignore_ascii_case("no-store"))
+}
+
+/// A 304 confirms the copy its client already holds and a 206 carries one
+/// range of it: replayed to another request, either would be wrong.
+fn is_whole(status: StatusCode) -> bool {
+    status != StatusCode::NOT_MODIFIED && status != StatusCode::PARTIAL_CONTENT
+}
+
+/// The `Age` a stored response arrived with (RFC 9111 §5.1, delta-seconds):
+/// 0 if absent or unreadable, capped at 2^31 as §1.2.2 asks.
+fn upstream_age(headers: &HeaderMap) -> u64 {
+    const CAP: u64 = 1 << 31;
+    let Some(digits) = headers
+        .get(AGE)
+        .map(HeaderValue::as_bytes)
+        .filter(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
+    else {
+        return 0;
+    };
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+        .map_or(CAP, |age| age.min(CAP))
 }
 
 struct Recording {
@@ -599,6 +640,22 @@ mod tests {
             HeaderValue::from_bytes(b"no-store\xff").expect("obs-text is a valid value"),
         );
         assert!(!forbids_storing(&opaque), "unreadable values are ignored");
+    }
+
+    #[test]
+    fn upstream_age_is_read_defensively() {
+        let age = |value: &'static [u8]| {
+            let mut map = HeaderMap::new();
+            map.insert(AGE, HeaderValue::from_bytes(value).expect("valid value"));
+            upstream_age(&map)
+        };
+        assert_eq!(upstream_age(&HeaderMap::new()), 0);
+        assert_eq!(age(b"120"), 120);
+        assert_eq!(age(b"+5"), 0);
+        assert_eq!(age(b"-5"), 0);
+        assert_eq!(age(b"1.5"), 0);
+        assert_eq!(age(b"\xff"), 0);
+        assert_eq!(age(b"99999999999999999999999"), 1 << 31);
     }
 
     #[test]

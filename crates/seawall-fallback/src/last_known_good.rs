@@ -63,8 +63,10 @@ impl LastKnownGood {
         self
     }
 
-    /// When unread entries are dropped to free memory (default: the
-    /// staleness). Staleness, not this, decides what is served.
+    /// How long after it was stored an entry is dropped to free memory,
+    /// read or not (default: the staleness). Within it, staleness decides
+    /// what is served; a time to live shorter than the staleness drops
+    /// entries that would still have been fresh enough.
     #[must_use]
     pub const fn time_to_live(mut self, ttl: Duration) -> Self {
         self.time_to_live = Some(ttl);

@@ -29,6 +29,13 @@ pub trait Mode: Send + Sync + 'static {
         let _ = res;
         true
     }
+
+    /// `false` if no answer to this request may be stored for the
+    /// last-known-good tier, whatever its key.
+    fn storable(&self, info: &Self::Info) -> bool {
+        let _ = info;
+        true
+    }
 }
 
 /// A [`Mode`] that can capture [`Info`](Mode::Info) from requests of type `Req`.

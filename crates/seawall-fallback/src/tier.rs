@@ -58,7 +58,8 @@ impl fmt::Display for Tier {
 pub struct Degraded {
     /// The tier that produced the response.
     pub tier: Tier,
-    /// For [`Tier::LastKnownGood`], how old the remembered response is.
+    /// For [`Tier::LastKnownGood`], how long ago the response was
+    /// remembered (an HTTP `Age` header adds the age it arrived with).
     pub age: Option<Duration>,
 }
 

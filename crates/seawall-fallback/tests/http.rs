@@ -853,3 +853,202 @@ async fn no_store_is_honoured_and_cookies_are_not_replayed() {
     assert_eq!(replay.headers()["x-kept"], "yes");
     assert_eq!(text(replay).await, "hello");
 }
+
+/// A 304 validates the client's own copy and a 206 carries one range: neither
+/// is a whole response another request could be given.
+#[tokio::test(start_paused = true)]
+async fn not_modified_and_partial_answers_are_not_replayed() {
+    let answers = Arc::new(Mutex::new(VecDeque::from([
+        Some(StatusCode::NOT_MODIFIED),
+        None,
+        Some(StatusCode::PARTIAL_CONTENT),
+        None,
+    ])));
+    let source = answers.clone();
+    let inner = service_fn(move |_req: Request<()>| {
+        let next = source.lock().unwrap().pop_front().flatten();
+        async move {
+            let status = next.ok_or("down")?;
+            let body = if status == StatusCode::PARTIAL_CONTENT {
+                "01"
+            } else {
+                ""
+            };
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(status)
+                    .body(http_body_util::Full::new(Bytes::from(body)))?,
+            )
+        }
+    });
+    let layer = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new(), by_uri)
+        .build()
+        .unwrap();
+    let svc = layer.layer(inner);
+    for status in [StatusCode::NOT_MODIFIED, StatusCode::PARTIAL_CONTENT] {
+        let res = svc.clone().oneshot(get("/doc")).await.unwrap();
+        assert_eq!(res.status(), status, "passes to its client");
+        text(res).await;
+        let err = svc.clone().oneshot(get("/doc")).await;
+        assert!(err.is_err(), "{status} was replayed");
+    }
+}
+
+/// RFC 9111 §4.2.3: the age a response already had when it was stored
+/// (from a cache upstream) plus the time it was held here.
+#[tokio::test(start_paused = true)]
+async fn age_adds_the_upstream_age_to_the_time_held() {
+    let answers = Arc::new(Mutex::new(VecDeque::from([
+        Some("100"),
+        None,
+        Some("x"),
+        None,
+    ])));
+    let source = answers.clone();
+    let inner = service_fn(move |_req: Request<()>| {
+        let next = source.lock().unwrap().pop_front().flatten();
+        async move {
+            let age = next.ok_or("down")?;
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .header("age", age)
+                    .body(http_body_util::Full::new(Bytes::from("cached upstream")))?,
+            )
+        }
+    });
+    let layer = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new(), by_uri)
+        .build()
+        .unwrap();
+    let svc = layer.layer(inner);
+    text(svc.clone().oneshot(get("/")).await.unwrap()).await;
+    tokio::time::advance(Duration::from_secs(42)).await;
+    let res = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(res.headers()["age"], "142");
+    assert_eq!(
+        res.extensions().get::<Degraded>().unwrap().age,
+        Some(Duration::from_secs(42))
+    );
+
+    // An unreadable upstream value counts for nothing, and does not panic.
+    text(svc.clone().oneshot(get("/")).await.unwrap()).await;
+    tokio::time::advance(Duration::from_secs(7)).await;
+    let res = svc.oneshot(get("/")).await.unwrap();
+    assert_eq!(res.headers()["age"], "7");
+}
+
+/// A response to HEAD has no body; a key that ignores the method (here the
+/// path) must not turn it into a GET's empty substitute.
+#[tokio::test(start_paused = true)]
+async fn responses_to_head_are_not_stored() {
+    let up = Arc::new(Mutex::new(true));
+    let source = up.clone();
+    let inner = service_fn(move |req: Request<()>| {
+        let up = *source.lock().unwrap();
+        async move {
+            if !up {
+                return Err::<_, BoxError>("down".into());
+            }
+            let body = if req.method() == Method::HEAD {
+                ""
+            } else {
+                "hello"
+            };
+            Ok(Response::builder()
+                .header("content-length", "5")
+                .body(http_body_util::Full::new(Bytes::from(body)))?)
+        }
+    });
+    let layer = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new(), |info: &RequestInfo| {
+            Some(info.uri().path().to_owned())
+        })
+        .build()
+        .unwrap();
+    let cache = layer.last_known_good().unwrap();
+    let svc = layer.layer(inner);
+    let head = Request::head("/doc").body(()).unwrap();
+    text(svc.clone().oneshot(head).await.unwrap()).await;
+    cache.run_pending_tasks();
+    assert_eq!(cache.entry_count(), 0, "HEAD answer stored");
+
+    // A GET's answer is stored and serves a later HEAD as well.
+    text(svc.clone().oneshot(get("/doc")).await.unwrap()).await;
+    *up.lock().unwrap() = false;
+    let head = Request::head("/doc").body(()).unwrap();
+    let res = svc.clone().oneshot(head).await.unwrap();
+    assert_eq!(tier_of(&res), Some(Tier::LastKnownGood));
+    assert_eq!(text(svc.oneshot(get("/doc")).await.unwrap()).await, "hello");
+}
+
+/// A body that fails after some data reaches its client with the error and
+/// is not stored, even once the frames before the error fit the limit.
+#[tokio::test(start_paused = true)]
+async fn bodies_that_fail_midway_are_not_stored() {
+    let up = Arc::new(Mutex::new(true));
+    let source = up.clone();
+    let inner = service_fn(move |_req: Request<()>| {
+        let up = *source.lock().unwrap();
+        async move {
+            if !up {
+                return Err::<Response<Frames>, BoxError>("down".into());
+            }
+            let mut frames = Frames::data(&["half"]);
+            frames.0.push_back(Err("reset mid-body".into()));
+            Ok(Response::new(frames))
+        }
+    });
+    let layer = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new(), by_uri)
+        .build()
+        .unwrap();
+    let cache = layer.last_known_good().unwrap();
+    let svc = layer.layer(inner);
+    let mut body = svc.clone().oneshot(get("/")).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "half");
+    let err = body.frame().await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "reset mid-body");
+    assert!(body.frame().await.is_none());
+    cache.run_pending_tasks();
+    assert_eq!(cache.entry_count(), 0);
+    *up.lock().unwrap() = false;
+    assert!(svc.oneshot(get("/")).await.is_err());
+}
+
+/// Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
+#[tokio::test(start_paused = true)]
+async fn fields_named_by_connection_are_not_replayed() {
+    let up = Arc::new(Mutex::new(true));
+    let source = up.clone();
+    let inner = service_fn(move |_req: Request<()>| {
+        let up = *source.lock().unwrap();
+        async move {
+            if !up {
+                return Err::<_, BoxError>("down".into());
+            }
+            Ok(Response::builder()
+                .header("connection", "X-Hop, keep-alive")
+                .header("x-hop", "1")
+                .header("keep-alive", "timeout=5")
+                .header("x-end-to-end", "kept")
+                .body(http_body_util::Full::new(Bytes::from("hello")))?)
+        }
+    });
+    let layer = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new(), by_uri)
+        .build()
+        .unwrap();
+    let svc = layer.layer(inner);
+    let fresh = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(fresh.headers()["x-hop"], "1", "passes to its client");
+    text(fresh).await;
+    *up.lock().unwrap() = false;
+    let replay = svc.oneshot(get("/")).await.unwrap();
+    assert_eq!(tier_of(&replay), Some(Tier::LastKnownGood));
+    for name in ["connection", "x-hop", "keep-alive"] {
+        assert!(replay.headers().get(name).is_none(), "{name} replayed");
+    }
+    assert_eq!(replay.headers()["x-end-to-end"], "kept");
+}
