@@ -141,7 +141,7 @@ async fn main() -> Result<(), BoxError> {
         .max_delay(Duration::from_millis(200))
         .deadline(Duration::from_secs(2))
         .build()?;
-    let mut client = ServiceBuilder::new().layer(retry).service(http);
+    let mut client = ServiceBuilder::new().jitter_retry(retry).service(http);
 
     let mut get = async |user: &str| -> Result<(), BoxError> {
         let req =

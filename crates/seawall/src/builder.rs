@@ -146,3 +146,35 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self.layer(layer)
     }
 }
+
+#[cfg(all(test, feature = "circuit-breaker"))]
+mod tests {
+    use super::ServiceBuilderExt;
+    use crate::circuit_breaker::{CircuitBreakerLayer, CircuitOpen};
+    use crate::BoxError;
+    use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+
+    #[tokio::test]
+    async fn keyed_breakers_trip_per_key_through_the_builder() {
+        let layer = CircuitBreakerLayer::builder()
+            .count_window(2)
+            .minimum_calls(2)
+            .build_keyed(|host: &&'static str| *host)
+            .unwrap();
+        let mut svc = ServiceBuilder::new()
+            .keyed_circuit_breaker(layer)
+            .service(service_fn(|host: &'static str| async move {
+                if host == "down" {
+                    Err::<&str, BoxError>("refused".into())
+                } else {
+                    Ok(host)
+                }
+            }));
+        for _ in 0..2 {
+            assert!(svc.ready().await.unwrap().call("down").await.is_err());
+        }
+        let err = svc.ready().await.unwrap().call("down").await.unwrap_err();
+        assert!(err.is::<CircuitOpen>(), "{err}");
+        assert_eq!(svc.ready().await.unwrap().call("up").await.unwrap(), "up");
+    }
+}

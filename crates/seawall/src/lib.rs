@@ -44,6 +44,13 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `http` (default) | [`http::RejectionResponseLayer`] |
+//! | `circuit-breaker` | `seawall::circuit_breaker` (`CircuitBreakerLayer`, keyed breakers) |
+//! | `retry` | `seawall::retry` (`JitterRetryLayer`, `RetryBudget`) |
+//! | `bulkhead` | `seawall::bulkhead` (`BulkheadLayer`, adaptive limits) |
+//! | `fallback` | `seawall::fallback` (`FallbackLayer`) |
+//! | `idempotency` | `seawall::idempotency` (`IdempotencyLayer`, `MemoryStore`) |
+//! | `redis` | the idempotency layer's `RedisStore` |
+//! | `postgres` | the idempotency layer's `PostgresStore` |
 //! | `tracing` | [`core::event::TracingListener`] |
 //! | `metrics` | [`core::event::MetricsListener`] |
 //! | `full` | all of the above |
