@@ -60,6 +60,13 @@
 //! layer therefore needs a Tokio runtime, and the wrapped service, its
 //! future and its body must be `Send + 'static` (true of axum handlers).
 //!
+//! What releases the key instead of storing a response: the handler
+//! returning an `Err` (not a response), its response body failing while it
+//! is read for storing, and a status that the [`KeepPolicy`] does not keep.
+//! A retry after any of these runs the handler again. If storing the
+//! response fails, the claim is left to end with its lease, after which a
+//! retry runs the handler again too.
+//!
 //! # Store failures
 //!
 //! If the store cannot be reached, the request gets 503 with `Retry-After`
