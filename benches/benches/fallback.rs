@@ -5,45 +5,29 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented public items
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use seawall::fallback::{FallbackLayer, LastKnownGood};
-use seawall_benches::Leaf;
+use seawall_benches::{call_now, Leaf};
 use tower::util::{MapErrLayer, MapResponseLayer};
 use tower::BoxError;
 use tower::{Layer, Service, ServiceExt};
-
-/// Polls a service call to completion on the current thread; the leaf is
-/// always ready, so this measures the layers and not an executor.
-fn call<S: Service<R>, R>(svc: &mut S, req: R) -> Result<S::Response, S::Error> {
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(svc.poll_ready(&mut cx).is_ready());
-    let mut fut = pin!(svc.call(req));
-    loop {
-        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-            return res;
-        }
-    }
-}
 
 fn success_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("fallback_success_path");
     group.bench_function("bare_map_response", |b| {
         let mut svc = MapResponseLayer::new(|n: u64| n).layer(Leaf);
-        b.iter(|| black_box(call(&mut svc, black_box(7u64))));
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
     });
     group.bench_function("map_response_with_box_error", |b| {
         // The same map, returning `BoxError` as every seawall layer does.
         let mut svc = MapResponseLayer::new(|n: u64| n)
             .layer(MapErrLayer::new(Into::<BoxError>::into).layer(Leaf));
-        b.iter(|| black_box(call(&mut svc, black_box(7u64))));
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
     });
     group.bench_function("map_response_cloning_an_arc", |b| {
         // One reference-count increment and decrement per call, as a layer
@@ -51,12 +35,21 @@ fn success_path(c: &mut Criterion) {
         let shared = std::sync::Arc::new(0u64);
         let mut svc =
             MapResponseLayer::new(move |n: u64| n + *std::sync::Arc::clone(&shared)).layer(Leaf);
-        b.iter(|| black_box(call(&mut svc, black_box(7u64))));
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
     });
     group.bench_function("fallback_value", |b| {
         let layer = FallbackLayer::builder().value(0u64).build().expect("valid");
         let mut svc = layer.layer(Leaf);
-        b.iter(|| black_box(call(&mut svc, black_box(7u64))));
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
+    });
+    group.bench_function("fallback_value_leaked", |b| {
+        let layer = FallbackLayer::builder()
+            .value(0u64)
+            .build()
+            .expect("valid")
+            .leak();
+        let mut svc = layer.layer(Leaf);
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
     });
     group.bench_function("fallback_function_value", |b| {
         let layer = FallbackLayer::builder()
@@ -65,7 +58,7 @@ fn success_path(c: &mut Criterion) {
             .build()
             .expect("valid");
         let mut svc = layer.layer(Leaf);
-        b.iter(|| black_box(call(&mut svc, black_box(7u64))));
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
     });
     group.bench_function("fallback_last_known_good_recording", |b| {
         let layer = FallbackLayer::capturing(|n: &u64| *n)
@@ -76,7 +69,7 @@ fn success_path(c: &mut Criterion) {
             .build()
             .expect("valid");
         let mut svc = layer.layer(Leaf);
-        b.iter(|| black_box(call(&mut svc, black_box(7u64))));
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
     });
     group.finish();
 
@@ -111,7 +104,7 @@ fn success_path(c: &mut Criterion) {
     let leaf = tower::service_fn(|req: Request<String>| Leaf.call(Response::new(req.into_body())));
     group.bench_function("bare_map_response", |b| {
         let mut svc = MapResponseLayer::new(|res: Response<String>| res).layer(leaf);
-        b.iter(|| black_box(call(&mut svc, Request::new(String::new()))));
+        b.iter(|| black_box(call_now(&mut svc, Request::new(String::new()))));
     });
     group.bench_function("fallback_value", |b| {
         let layer = FallbackLayer::http()
@@ -119,7 +112,16 @@ fn success_path(c: &mut Criterion) {
             .build()
             .expect("valid");
         let mut svc = layer.layer(leaf);
-        b.iter(|| black_box(call(&mut svc, Request::new(String::new()))));
+        b.iter(|| black_box(call_now(&mut svc, Request::new(String::new()))));
+    });
+    group.bench_function("fallback_value_leaked", |b| {
+        let layer = FallbackLayer::http()
+            .value(Response::new(Bytes::from_static(b"[]")))
+            .build()
+            .expect("valid")
+            .leak();
+        let mut svc = layer.layer(leaf);
+        b.iter(|| black_box(call_now(&mut svc, Request::new(String::new()))));
     });
     group.finish();
 }

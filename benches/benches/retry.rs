@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use futures_util::FutureExt;
 use http::{Request, Response};
 use seawall::retry::{Backoff, JitterRetryLayer, ReplayBody};
-use seawall_benches::Leaf;
+use seawall_benches::{call_now, Leaf};
 use tower::retry::budget::{Budget, TpsBudget};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 type Req = [u64; 4];
 
@@ -30,11 +29,7 @@ where
     S::Error: std::fmt::Debug,
 {
     c.bench_function(name, |b| {
-        b.iter(|| {
-            let svc = svc.ready().now_or_never().expect("ready").expect("ok");
-            let fut = svc.call(black_box([1, 2, 3, 4]));
-            black_box(fut.now_or_never().expect("answers at once").expect("ok"))
-        });
+        b.iter(|| black_box(call_now(&mut svc, black_box([1, 2, 3, 4]))));
     });
 }
 
@@ -108,6 +103,18 @@ fn success_path(c: &mut Criterion) {
         .expect("valid config");
     run(c, "retry_success/seawall_jitter_retry", seawall.layer(Leaf));
 
+    let seawall_leaked = JitterRetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::exponential(Duration::from_millis(100)))
+        .build()
+        .expect("valid config")
+        .leak();
+    run(
+        c,
+        "retry_success/seawall_jitter_retry_leaked",
+        seawall_leaked.layer(Leaf),
+    );
+
     let seawall_no_budget = JitterRetryLayer::builder()
         .max_attempts(3)
         .backoff(Backoff::exponential(Duration::from_millis(100)))
@@ -160,11 +167,7 @@ where
     S::Error: std::fmt::Debug,
 {
     c.bench_function(name, |b| {
-        b.iter(|| {
-            let svc = svc.ready().now_or_never().expect("ready").expect("ok");
-            let fut = svc.call(black_box(get_request()));
-            black_box(fut.now_or_never().expect("answers at once").expect("ok"))
-        });
+        b.iter(|| black_box(call_now(&mut svc, black_box(get_request()))));
     });
 }
 

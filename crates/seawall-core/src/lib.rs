@@ -17,6 +17,8 @@
 //! - [`event`]: typed events and the [`Listener`] trait. A layer whose
 //!   listener is [`NoopListener`] builds no event at all.
 //! - [`ConfigError`]: the error every builder returns for invalid settings.
+//! - [`SharedState`]: how services and response futures hold their layer's
+//!   state: reference-counted, or a plain reference once leaked.
 //!
 //! # Example
 //!
@@ -54,6 +56,7 @@ pub mod grpc;
 pub mod hint;
 mod http_classify;
 pub mod rejection;
+mod shared;
 
 pub use classify::{Classify, ErrorsFail, Outcome};
 pub use config::ConfigError;
@@ -61,6 +64,7 @@ pub use event::{Event, Listener, NoopListener};
 pub use grpc::{GrpcClassifier, GrpcCode};
 pub use http_classify::HttpClassifier;
 pub use rejection::{Rejected, Rejection};
+pub use shared::SharedState;
 
 /// The error type every seawall layer returns: tower's boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

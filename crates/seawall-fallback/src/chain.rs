@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use seawall_core::{BoxError, Listener};
+use seawall_core::{BoxError, Listener, SharedState};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
@@ -61,7 +61,7 @@ impl<M: Mode, C, L: Listener<FallbackEvent>> Shared<M, C, L> {
 
 /// Tries each tier in order; returns the original failure if none answers.
 pub(crate) async fn run<M, C, L, Res>(
-    shared: Arc<Shared<M, C, L>>,
+    shared: SharedState<Shared<M, C, L>>,
     info: Option<M::Info>,
     original: Original<Res>,
 ) -> Result<<M as Respond<Res>>::Response, BoxError>

@@ -3,11 +3,10 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
-use seawall_core::{rejection, BoxError, Classify, Listener, Outcome};
+use seawall_core::{rejection, BoxError, Classify, Listener, Outcome, SharedState};
 
 use crate::chain::{self, Original, Shared};
 use crate::event::FallbackEvent;
@@ -23,6 +22,8 @@ pin_project! {
     pub struct ResponseFuture<F, T, M, C, L>
     where
         M: Mode,
+        C: 'static,
+        L: 'static,
     {
         #[pin]
         state: State<F, T, M, C, L>,
@@ -34,13 +35,15 @@ pin_project! {
     enum State<F, T, M, C, L>
     where
         M: Mode,
+        C: 'static,
+        L: 'static,
     {
         Called {
             #[pin]
             fut: F,
             // Held until the future is dropped; only the failure path
             // clones it, into the tier chain.
-            shared: Arc<Shared<M, C, L>>,
+            shared: SharedState<Shared<M, C, L>>,
             info: Option<M::Info>,
         },
         Falling {
@@ -50,7 +53,7 @@ pin_project! {
 }
 
 impl<F, T, M: Mode, C, L> ResponseFuture<F, T, M, C, L> {
-    pub(crate) fn new(fut: F, shared: Arc<Shared<M, C, L>>, info: Option<M::Info>) -> Self {
+    pub(crate) fn new(fut: F, shared: SharedState<Shared<M, C, L>>, info: Option<M::Info>) -> Self {
         Self {
             state: State::Called { fut, shared, info },
         }
@@ -117,7 +120,7 @@ where
 #[cold]
 #[inline(never)]
 fn begin<M, C, L, Res>(
-    shared: Arc<Shared<M, C, L>>,
+    shared: SharedState<Shared<M, C, L>>,
     info: Option<M::Info>,
     original: Original<Res>,
 ) -> Falling<<M as Respond<Res>>::Response>

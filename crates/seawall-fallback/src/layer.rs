@@ -4,7 +4,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use seawall_core::{BoxError, ConfigError, ErrorsFail, NoopListener};
+use seawall_core::{BoxError, ConfigError, ErrorsFail, NoopListener, SharedState};
 use tower::util::BoxCloneSyncService;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -19,8 +19,8 @@ pub(crate) const LAYER: &str = "fallback";
 
 /// Applies [`Fallback`] to services: on a failure, answers from the
 /// configured tiers instead. See the [crate docs](crate).
-pub struct FallbackLayer<M: Mode, C = ErrorsFail, L = NoopListener> {
-    shared: Arc<Shared<M, C, L>>,
+pub struct FallbackLayer<M: Mode, C: 'static = ErrorsFail, L: 'static = NoopListener> {
+    shared: SharedState<Shared<M, C, L>>,
 }
 
 impl<Res> FallbackLayer<Plain<Res>>
@@ -75,6 +75,29 @@ impl<M: Mode, C, L> FallbackLayer<M, C, L> {
             .last_known_good
             .as_ref()
             .map(|slot| LastKnownGoodCache::new(slot.clone()))
+    }
+
+    /// Makes the layer's tiers and settings live for the rest of the
+    /// program, so that its services and their response futures hold a
+    /// plain reference to them instead of a reference count.
+    ///
+    /// On the success path that is this layer's whole cost besides the
+    /// classification: one atomic increment and one atomic decrement of a
+    /// shared counter per call (see [`SharedState`]). The state, the
+    /// last-known-good cache included, is never freed: leak layers built
+    /// once, at start-up, not per request or per key.
+    ///
+    /// ```
+    /// use seawall_fallback::FallbackLayer;
+    ///
+    /// let layer = FallbackLayer::builder().value(0u64).build().unwrap().leak();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn leak(self) -> Self {
+        Self {
+            shared: self.shared.leak(),
+        }
     }
 }
 
@@ -258,7 +281,7 @@ impl<M: Mode, C, L> Builder<M, C, L> {
             .iter()
             .any(|stage| !matches!(stage, Stage::Value(_)));
         Ok(FallbackLayer {
-            shared: Arc::new(Shared {
+            shared: SharedState::new(Shared {
                 name: self.name,
                 mode: self.mode,
                 classifier: self.classifier,

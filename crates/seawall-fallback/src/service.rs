@@ -1,10 +1,9 @@
 //! The [`Fallback`] service.
 
 use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use seawall_core::{BoxError, Classify, Listener};
+use seawall_core::{BoxError, Classify, Listener, SharedState};
 use tower_service::Service;
 
 use crate::chain::Shared;
@@ -14,13 +13,13 @@ use crate::mode::{Capture, Mode, Respond};
 
 /// Replaces failed calls of the inner service with degraded answers; built
 /// by [`FallbackLayer`](crate::FallbackLayer).
-pub struct Fallback<S, M: Mode, C, L> {
+pub struct Fallback<S, M: Mode, C: 'static, L: 'static> {
     inner: S,
-    shared: Arc<Shared<M, C, L>>,
+    shared: SharedState<Shared<M, C, L>>,
 }
 
 impl<S, M: Mode, C, L> Fallback<S, M, C, L> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<M, C, L>>) -> Self {
+    pub(crate) fn new(inner: S, shared: SharedState<Shared<M, C, L>>) -> Self {
         Self { inner, shared }
     }
 

@@ -235,3 +235,32 @@ fn config_errors_name_the_field() {
         "invalid fallback config: `max_staleness` must be greater than zero"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leaked_layer_falls_back_and_shares_its_cache_with_earlier_clones() {
+    let failing = Arc::new(Mutex::new(false));
+    let layer = FallbackLayer::capturing(|q: &Quote| q.sku)
+        .last_known_good(LastKnownGood::new(), |sku: &&'static str| Some(*sku))
+        .value(price(1))
+        .build()
+        .unwrap();
+    let earlier = layer.layer(pricing(failing.clone()));
+    let leaked = layer.leak().layer(pricing(failing.clone()));
+
+    // Recorded through the service of the leaked layer...
+    assert_eq!(
+        leaked.clone().oneshot(Quote { sku: "ab" }).await.unwrap(),
+        price(200)
+    );
+    *failing.lock().unwrap() = true;
+    // ...recalled through a service built before the leak: one cache.
+    assert_eq!(
+        earlier.oneshot(Quote { sku: "ab" }).await.unwrap().cents,
+        200
+    );
+    assert_eq!(
+        leaked.oneshot(Quote { sku: "xyz" }).await.unwrap(),
+        price(1),
+        "the value tier still answers"
+    );
+}

@@ -2,13 +2,12 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use rand::{RngCore, SeedableRng};
-use seawall_core::{rejection, BoxError, Classify, Listener};
+use seawall_core::{rejection, BoxError, Classify, Listener, SharedState};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
@@ -24,13 +23,16 @@ pin_project! {
     pub struct ResponseFuture<S, P, C, L, R, Req>
     where
         P: Replay<Req>,
+        P: 'static,
+        C: 'static,
+        L: 'static,
         S: Service<P::Request>,
     {
         #[pin]
         state: State<P::Pending, S::Future>,
         service: S,
         copy: Option<P::Copy>,
-        config: Arc<Config<P, C, L>>,
+        config: SharedState<Config<P, C, L>>,
         deadline: Option<Instant>,
         // Boxed and created only when needed (a retry, or an attempt
         // timeout), so the success path carries eight bytes for it and
@@ -148,7 +150,7 @@ where
     #[inline]
     pub(crate) fn new(
         mut service: S,
-        config: &Arc<Config<P, C, L>>,
+        config: &SharedState<Config<P, C, L>>,
         deadline: Option<Instant>,
         staged: Staged<P::Request, P::Copy, P::Pending>,
     ) -> Self {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use seawall_core::{ConfigError, ErrorsFail, HttpClassifier, NoopListener};
+use seawall_core::{ConfigError, ErrorsFail, HttpClassifier, NoopListener, SharedState};
 use tower_layer::Layer;
 
 use crate::backoff::{Backoff, Jitter};
@@ -25,8 +25,13 @@ const LAYER: &str = "retry";
 ///
 /// Cloning the layer shares its configuration, its retry budget and its RNG
 /// seed sequence.
-pub struct JitterRetryLayer<P = CloneRequest, C = ErrorsFail, L = NoopListener, R = SmallRng> {
-    config: Arc<Config<P, C, L>>,
+pub struct JitterRetryLayer<P = CloneRequest, C = ErrorsFail, L = NoopListener, R = SmallRng>
+where
+    P: 'static,
+    C: 'static,
+    L: 'static,
+{
+    config: SharedState<Config<P, C, L>>,
     _rng: PhantomData<fn() -> R>,
 }
 
@@ -123,6 +128,31 @@ impl<P, C, L, R> JitterRetryLayer<P, C, L, R> {
     /// The retry budget, if any; clone it to share it with another layer.
     pub fn budget(&self) -> Option<&RetryBudget> {
         self.config.budget.as_ref()
+    }
+
+    /// Makes the layer's configuration live for the rest of the program, so
+    /// that its services and their response futures hold a plain reference
+    /// to it instead of a reference count.
+    ///
+    /// Every call then saves one atomic increment and one atomic decrement
+    /// of a shared counter (see [`SharedState`]), which is most of this
+    /// layer's cost when the first attempt succeeds. The configuration is
+    /// never freed: leak layers built once, at start-up, not per request or
+    /// per key. The budget and seed sequence stay shared with clones made
+    /// before the call.
+    ///
+    /// ```
+    /// use seawall_retry::JitterRetryLayer;
+    ///
+    /// let layer = JitterRetryLayer::builder().build().unwrap().leak();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn leak(self) -> Self {
+        Self {
+            config: self.config.leak(),
+            _rng: PhantomData,
+        }
     }
 }
 
@@ -379,7 +409,7 @@ impl<P, C, L, R> JitterRetryBuilder<P, C, L, R> {
             .seed
             .unwrap_or_else(|| std::hash::RandomState::new().hash_one(0x5EA_3A11_u64));
         Ok(JitterRetryLayer {
-            config: Arc::new(Config {
+            config: SharedState::new(Config {
                 name: self.name,
                 max_attempts: self.max_attempts,
                 backoff: self.backoff,

@@ -1,12 +1,11 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
-use seawall_core::{BoxError, Classify, Listener};
+use seawall_core::{BoxError, Classify, Listener, SharedState};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -17,7 +16,12 @@ use crate::replay::{ReadHint, Replay};
 
 /// A service that retries failed requests; made by
 /// [`JitterRetryLayer`](crate::JitterRetryLayer).
-pub struct JitterRetry<S, P, C, L, R> {
+pub struct JitterRetry<S, P, C, L, R>
+where
+    P: 'static,
+    C: 'static,
+    L: 'static,
+{
     inner: S,
     bank: Bank<P, C, L>,
     _rng: PhantomData<fn() -> R>,
@@ -30,8 +34,8 @@ pub struct JitterRetry<S, P, C, L, R> {
 /// batch per live service.
 const BATCH: u32 = 16;
 
-struct Bank<P, C, L> {
-    config: Arc<Config<P, C, L>>,
+struct Bank<P: 'static, C: 'static, L: 'static> {
+    config: SharedState<Config<P, C, L>>,
     unbanked: u32,
 }
 
@@ -57,7 +61,7 @@ impl<P, C, L> Drop for Bank<P, C, L> {
 }
 
 impl<S, P, C, L, R> JitterRetry<S, P, C, L, R> {
-    pub(crate) fn new(inner: S, config: Arc<Config<P, C, L>>) -> Self {
+    pub(crate) fn new(inner: S, config: SharedState<Config<P, C, L>>) -> Self {
         Self {
             inner,
             bank: Bank {

@@ -481,3 +481,31 @@ async fn readiness_is_polled_again_before_each_retry() {
     send.send_response(7);
     assert_eq!(fut.await.unwrap().unwrap(), 7);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leaked_layer_retries_and_shares_its_budget_with_earlier_clones() {
+    let budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_sec(1)
+        .build()
+        .unwrap();
+    let layer = JitterRetryLayer::builder()
+        .max_attempts(4)
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let earlier = layer.clone();
+    let leaked = layer.leak();
+    assert_eq!(leaked.name(), "retry");
+
+    // One retry's worth of budget: the leaked layer spends it...
+    let (calls, svc) = flaky(1, reset);
+    assert_eq!(leaked.layer(svc).oneshot(21).await.unwrap(), 42);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "retried once");
+
+    // ...so a clone made before leaking finds it empty: one state, shared.
+    let (calls, svc) = flaky(1, reset);
+    earlier.layer(svc).oneshot(21).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "budget already spent");
+    assert_eq!(budget.tokens(), 0);
+}
