@@ -12,16 +12,13 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented public items
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use seawall::bulkhead::limit::Gradient2;
 use seawall::bulkhead::{BulkheadLayer, Priority};
-use seawall_benches::Leaf;
+use seawall_benches::{call_now, Leaf};
 use tower::{Layer, Service};
 
 type Req = [u64; 4];
@@ -31,19 +28,8 @@ where
     S: Service<Req>,
     S::Error: std::fmt::Debug,
 {
-    let mut cx = Context::from_waker(Waker::noop());
     c.bench_function(name, |b| {
-        b.iter(|| {
-            match svc.poll_ready(&mut cx) {
-                Poll::Ready(Ok(())) => {}
-                _ => panic!("a free permit is always ready"),
-            }
-            let fut = pin!(svc.call(black_box([1, 2, 3, 4])));
-            match fut.poll(&mut cx) {
-                Poll::Ready(Ok(res)) => black_box(res),
-                _ => panic!("the leaf answers at once"),
-            }
-        });
+        b.iter(|| black_box(call_now(&mut svc, black_box([1, 2, 3, 4]))));
     });
 }
 

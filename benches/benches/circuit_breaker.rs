@@ -21,12 +21,12 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use seawall::circuit_breaker::CircuitBreakerLayer;
-use seawall_benches::Leaf;
+use seawall_benches::{call_now, Leaf};
 use tower::{Layer, Service, ServiceExt};
 
 fn run<S>(c: &mut Criterion, name: &str, mut svc: S)
@@ -34,19 +34,8 @@ where
     S: Service<u64>,
     S::Error: std::fmt::Debug,
 {
-    let mut cx = Context::from_waker(Waker::noop());
     c.bench_function(name, |b| {
-        b.iter(|| {
-            match svc.poll_ready(&mut cx) {
-                Poll::Ready(Ok(())) => {}
-                _ => panic!("a closed breaker over a ready leaf is ready"),
-            }
-            let fut = pin!(svc.call(black_box(7)));
-            match fut.poll(&mut cx) {
-                Poll::Ready(Ok(res)) => black_box(res),
-                _ => panic!("the leaf answers at once"),
-            }
-        });
+        b.iter(|| black_box(call_now(&mut svc, black_box(7))));
     });
 }
 

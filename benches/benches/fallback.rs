@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
+use http_body_util::{Either, Full};
 use seawall::fallback::{FallbackLayer, LastKnownGood};
 use seawall_benches::{call_now, Leaf};
 use tower::util::{MapErrLayer, MapResponseLayer};
@@ -104,6 +105,16 @@ fn success_path(c: &mut Criterion) {
     let leaf = tower::service_fn(|req: Request<String>| Leaf.call(Response::new(req.into_body())));
     group.bench_function("bare_map_response", |b| {
         let mut svc = MapResponseLayer::new(|res: Response<String>| res).layer(leaf);
+        b.iter(|| black_box(call_now(&mut svc, Request::new(String::new()))));
+    });
+    group.bench_function("map_response_with_box_error_and_either_body", |b| {
+        // The least any layer must do that can answer with a body of its
+        // own: put the inner body in an enum with its own body type, and
+        // return `BoxError` as every seawall layer does.
+        let mut svc = MapResponseLayer::new(|res: Response<String>| {
+            res.map(Either::<String, Full<Bytes>>::Left)
+        })
+        .layer(MapErrLayer::new(Into::<BoxError>::into).layer(leaf));
         b.iter(|| black_box(call_now(&mut svc, Request::new(String::new()))));
     });
     group.bench_function("fallback_value", |b| {
