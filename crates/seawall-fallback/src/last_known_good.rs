@@ -6,6 +6,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 use seawall_core::ConfigError;
 use tokio::time::Instant;
@@ -136,6 +137,24 @@ where
     }
 }
 
+impl<K, V, F> Store<K, V, F>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Removes `stale` from under `key`, unless a response recorded since
+    /// it was read has replaced it: a concurrent success must not be lost
+    /// to a failure that saw the older entry.
+    fn forget(&self, key: K, stale: &Arc<Entry<V>>) {
+        self.cache
+            .entry(key)
+            .and_compute_with(|current| match current {
+                Some(current) if Arc::ptr_eq(current.value(), stale) => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+}
+
 impl<I, K, V, F> Slot<I, V> for Store<K, V, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
@@ -146,11 +165,13 @@ where
         let key = (self.key)(info)?;
         let cache = self.cache.clone();
         Some(Recorder::new(move |value| {
-            let entry = Entry {
+            let entry = Arc::new(Entry {
                 stored_at: Instant::now(),
                 value,
-            };
-            cache.insert(key, Arc::new(entry));
+            });
+            // Under the key's lock, like the removal of a stale entry in
+            // `forget`, so the two never interleave.
+            cache.entry(key).and_compute_with(|_| Op::Put(entry));
         }))
     }
 
@@ -159,7 +180,7 @@ where
         let entry = self.cache.get(&key)?;
         let age = entry.stored_at.elapsed();
         if age > self.max_staleness {
-            self.cache.invalidate(&key);
+            self.forget(key, &entry);
             return None;
         }
         Some((entry.value.clone(), age))
@@ -266,6 +287,23 @@ mod tests {
         assert!(s.recall(&1).is_none());
         s.run_pending_tasks();
         assert_eq!(Slot::<u32, _>::entry_count(&s), 0, "stale entry removed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_read_does_not_remove_a_response_recorded_since() {
+        let s = store(LastKnownGood::new().max_staleness(Duration::from_secs(10)));
+        s.recorder(&1).expect("keyed").record("old");
+        let stale = s.cache.get(&1).expect("stored");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // A success records a fresh response between a failure's read of
+        // the stale entry and its removal.
+        s.recorder(&1).expect("keyed").record("fresh");
+        s.forget(1, &stale);
+        assert_eq!(s.recall(&1).map(|(v, _)| v), Some("fresh"));
+
+        let fresh = s.cache.get(&1).expect("stored");
+        s.forget(1, &fresh);
+        assert!(s.cache.get(&1).is_none(), "the entry read is removed");
     }
 
     #[tokio::test(start_paused = true)]
