@@ -11,15 +11,22 @@ use std::sync::Arc;
 /// A response future can outlive the service that made it, so it needs its
 /// own hold on the state. By default that hold is an [`Arc`]: every call
 /// clones it and every finished future drops it, one atomic increment and
-/// one atomic decrement per call, about 8–10 ns on a current x86 core and
-/// more when many cores call through the same layer.
+/// one atomic decrement of a counter that every call through the layer
+/// shares. Alone that pair costs about 8 ns on one core in this
+/// repository's benches; inside a layer's call, where the processor
+/// overlaps it with other work, 1–3 ns. The counter's cache line also moves
+/// between cores when many of them call through one layer.
 ///
 /// A layer built once for the whole life of the program does not need the
 /// count. [`leak`](Self::leak) turns the handle into a plain `&'static`
 /// reference, which is copied instead of counted; tracing's global
-/// dispatcher makes the same trade. The state is then never freed, so leak
-/// only what is built a bounded number of times, such as the layers of a
-/// server built at start-up.
+/// dispatcher makes the same trade. The state is then never freed, and its
+/// `Drop` never runs (a listener that flushes on drop never flushes), so
+/// leak only what is built a bounded number of times, such as the layers of
+/// a server built at start-up.
+///
+/// A handle is two words (which kind, and the pointer), one more than an
+/// `Arc`.
 ///
 /// # Example
 ///
@@ -52,6 +59,15 @@ impl<T> SharedState<T> {
 
 impl<T: ?Sized + 'static> SharedState<T> {
     /// A handle on state that lives for the whole program.
+    ///
+    /// ```
+    /// use seawall_core::SharedState;
+    ///
+    /// static LIMITS: [u32; 2] = [10, 20];
+    /// let limits = SharedState::from_static(&LIMITS);
+    /// assert!(limits.is_static());
+    /// assert_eq!(limits[1], 20);
+    /// ```
     pub fn from_static(state: &'static T) -> Self {
         Self {
             kind: Kind::Static(state),
@@ -62,9 +78,9 @@ impl<T: ?Sized + 'static> SharedState<T> {
     /// handle and its clones are plain references, copied without touching
     /// a reference count.
     ///
-    /// The state is never freed, even once every handle is gone. Handles
-    /// cloned before the call keep counting; they still reach the same
-    /// state.
+    /// The state is never freed, even once every handle is gone, and its
+    /// `Drop` never runs. Handles cloned before the call keep counting;
+    /// they still reach the same state.
     #[must_use]
     pub fn leak(self) -> Self {
         match self.kind {

@@ -81,17 +81,32 @@ impl<M: Mode, C, L> FallbackLayer<M, C, L> {
     /// program, so that its services and their response futures hold a
     /// plain reference to them instead of a reference count.
     ///
-    /// On the success path that is this layer's whole cost besides the
-    /// classification: one atomic increment and one atomic decrement of a
-    /// shared counter per call (see [`SharedState`]). The state, the
-    /// last-known-good cache included, is never freed: leak layers built
-    /// once, at start-up, not per request or per key.
+    /// Every call then skips one atomic increment and one atomic decrement
+    /// of a counter shared by all calls through the layer (see
+    /// [`SharedState`]): about a nanosecond per call in this repository's
+    /// benches on one core, more where many cores call through one layer.
+    /// The state, the last-known-good cache included, is never freed and
+    /// its listener never dropped: leak layers built once, at start-up, not
+    /// per request or per key.
     ///
     /// ```
     /// use seawall_fallback::FallbackLayer;
+    /// use tower::{service_fn, ServiceBuilder, ServiceExt};
     ///
-    /// let layer = FallbackLayer::builder().value(0u64).build().unwrap().leak();
-    /// # let _ = layer;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Built once, when the server is set up.
+    /// let fallback = FallbackLayer::builder()
+    ///     .value(Vec::<u64>::new())
+    ///     .build()
+    ///     .expect("valid fallback settings")
+    ///     .leak();
+    ///
+    /// let recommendations = ServiceBuilder::new()
+    ///     .layer(fallback)
+    ///     .service(service_fn(|_: ()| async { Err::<Vec<u64>, _>("recommender down") }));
+    /// assert!(recommendations.oneshot(()).await.unwrap().is_empty());
+    /// # }
     /// ```
     #[must_use]
     pub fn leak(self) -> Self {
@@ -328,5 +343,29 @@ impl<M: Mode, C, L> fmt::Debug for Builder<M, C, L> {
             .field("tiers", &tiers)
             .field("rejections", &self.rejections)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::{ready, Ready};
+
+    fn leaf(n: u64) -> Ready<Result<u64, Infallible>> {
+        ready(Ok(n))
+    }
+
+    #[test]
+    fn services_of_a_leaked_layer_hold_a_plain_reference() {
+        let layer = FallbackLayer::builder().value(0u64).build().unwrap();
+        let counted = layer.layer(tower::service_fn(leaf as fn(_) -> _));
+        assert!(!counted.shared().is_static());
+
+        let leaked = layer.leak();
+        assert!(leaked.shared.is_static());
+        let svc = leaked.layer(tower::service_fn(leaf as fn(_) -> _));
+        assert!(svc.shared().is_static());
+        assert!(svc.clone().shared().is_static());
     }
 }

@@ -37,6 +37,11 @@ impl<S, M: Mode, C, L> Fallback<S, M, C, L> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &SharedState<Shared<M, C, L>> {
+        &self.shared
+    }
 }
 
 impl<S: Clone, M: Mode, C, L> Clone for Fallback<S, M, C, L> {

@@ -444,4 +444,22 @@ mod tests {
             std::mem::size_of::<F>()
         );
     }
+
+    #[cfg(not(loom))]
+    #[test]
+    fn futures_of_a_leaked_layer_hold_a_plain_reference() {
+        use crate::JitterRetryLayer;
+        use tower::{Layer, Service};
+
+        fn leaf(req: [u64; 4]) -> Ready<Result<[u64; 4], Infallible>> {
+            std::future::ready(Ok(req))
+        }
+        let layer = JitterRetryLayer::builder().build().unwrap();
+        let mut counted = layer.layer(tower::service_fn(leaf as fn(_) -> _));
+        assert!(!counted.call([0u64; 4]).config.is_static());
+
+        let mut leaked = layer.leak().layer(tower::service_fn(leaf as fn(_) -> _));
+        assert!(leaked.call([0u64; 4]).config.is_static());
+        assert!(leaked.clone().call([0u64; 4]).config.is_static());
+    }
 }

@@ -134,18 +134,35 @@ impl<P, C, L, R> JitterRetryLayer<P, C, L, R> {
     /// that its services and their response futures hold a plain reference
     /// to it instead of a reference count.
     ///
-    /// Every call then saves one atomic increment and one atomic decrement
-    /// of a shared counter (see [`SharedState`]), which is most of this
-    /// layer's cost when the first attempt succeeds. The configuration is
-    /// never freed: leak layers built once, at start-up, not per request or
-    /// per key. The budget and seed sequence stay shared with clones made
-    /// before the call.
+    /// Every call then skips one atomic increment and one atomic decrement
+    /// of a counter shared by all calls through the layer (see
+    /// [`SharedState`]): 0.4–3.5 ns per call in this repository's benches on
+    /// one core, more where many cores call through one layer. The
+    /// configuration is never freed and its listener is never dropped: leak
+    /// layers built once, at start-up, not per request or per key. The
+    /// budget and seed sequence stay shared with clones made before the
+    /// call.
     ///
     /// ```
+    /// use std::time::Duration;
     /// use seawall_retry::JitterRetryLayer;
+    /// use tower::{service_fn, ServiceBuilder, ServiceExt};
     ///
-    /// let layer = JitterRetryLayer::builder().build().unwrap().leak();
-    /// # let _ = layer;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Built once, when the client is set up.
+    /// let retry = JitterRetryLayer::builder()
+    ///     .max_attempts(3)
+    ///     .deadline(Duration::from_secs(2))
+    ///     .build()
+    ///     .expect("valid retry settings")
+    ///     .leak();
+    ///
+    /// let client = ServiceBuilder::new()
+    ///     .layer(retry)
+    ///     .service(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n + 1) }));
+    /// assert_eq!(client.oneshot(41).await.unwrap(), 42);
+    /// # }
     /// ```
     #[must_use]
     pub fn leak(self) -> Self {
