@@ -60,6 +60,17 @@ fn free_permit(c: &mut Criterion) {
         seawall.layer(Leaf),
     );
 
+    let seawall_leaked = BulkheadLayer::builder()
+        .max_concurrent(64)
+        .build()
+        .expect("valid config")
+        .leak();
+    run(
+        c,
+        "bulkhead_free_permit/seawall_bulkhead_leaked",
+        seawall_leaked.layer(Leaf),
+    );
+
     let backpressure = BulkheadLayer::builder()
         .max_concurrent(64)
         .build()

@@ -100,6 +100,67 @@ impl<P, C> BulkheadLayer<P, C> {
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
+
+    /// Makes the layer's pool live for the rest of the program, so that its
+    /// services, their response futures and the permits they take hold a
+    /// plain `&'static` reference to the pool instead of a reference count.
+    ///
+    /// A call that finds a free permit then saves one atomic increment and
+    /// one atomic decrement of a counter shared by every caller of the pool
+    /// (see [`SharedState`](seawall_core::SharedState)); the permit itself
+    /// is still one compare-and-swap and one subtraction. The pool is never
+    /// freed, even once every layer, service, [`Pool`] and [`Handle`] on it
+    /// is gone, and what it owns is never dropped (a
+    /// [listener](BulkheadBuilder::listener) that flushes on drop never
+    /// flushes): leak layers built once, at start-up, not per request, per
+    /// key or per connection.
+    ///
+    /// Nothing else changes: limits (fixed or adaptive), the queue,
+    /// priorities, back-pressure mode and permit release work as before.
+    /// It is the same pool, not a copy: clones of the layer, [`Pool`]s and
+    /// [`Handle`]s taken before the call see and control the permits of the
+    /// leaked layer (they keep their reference count, which now never
+    /// reaches zero); those taken from the leaked layer afterwards, and
+    /// layers built with [`BulkheadLayer::new`] on its [`pool`](Self::pool),
+    /// hold the plain reference too. To put several layers on one leaked
+    /// pool, leak each of them (or build them on the pool of a leaked one);
+    /// a [`PoolRegistry`](crate::PoolRegistry) keeps handing out the same
+    /// pool, but replacing it there or dropping the registry no longer frees
+    /// it.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use seawall_bulkhead::BulkheadLayer;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = BulkheadLayer::builder()
+    ///     .name("db")
+    ///     .max_concurrent(8)
+    ///     .build()
+    ///     .unwrap();
+    /// let handle = layer.handle(); // taken before: still the same pool
+    /// let layer = layer.leak();
+    ///
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(layer)
+    ///     .service_fn(|n: u32| async move { Ok::<_, Infallible>(n * 2) });
+    /// let call = svc.ready().await.unwrap().call(21);
+    /// assert_eq!(handle.in_flight(), 1);
+    /// assert_eq!(call.await.unwrap(), 42);
+    /// assert_eq!(handle.in_flight(), 0);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn leak(self) -> Self {
+        Self {
+            pool: self.pool.leak(),
+            prioritize: self.prioritize,
+            classifier: self.classifier,
+            backpressure: self.backpressure,
+        }
+    }
 }
 
 impl<P: fmt::Debug, C: fmt::Debug> fmt::Debug for BulkheadLayer<P, C> {

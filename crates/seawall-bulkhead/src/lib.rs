@@ -65,8 +65,10 @@
 //!
 //! When a permit is free and nobody waits, taking it is one compare-and-swap
 //! and giving it back one atomic subtraction: no lock, no allocation, no
-//! boxing, no clock read (unless the limit is adaptive). See
-//! `benches/benches/bulkhead.rs` for the comparison with
+//! boxing, no clock read (unless the limit is adaptive). The permit holds
+//! the pool through a reference count, one more atomic increment and
+//! decrement per call, unless the layer was [leaked](BulkheadLayer::leak)
+//! at start-up. See `benches/benches/bulkhead.rs` for the comparison with
 //! `tower::limit::ConcurrencyLimit`.
 //!
 //! # Example

@@ -21,7 +21,7 @@ use std::sync::PoisonError;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use seawall_core::{ConfigError, Listener, Outcome};
+use seawall_core::{ConfigError, Listener, Outcome, SharedState};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{BulkheadFull, BulkheadTimeout, Refusal};
@@ -29,7 +29,7 @@ use crate::event::{BulkheadEvent, RejectReason, Sink};
 use crate::limit::{AdaptiveLimit, Sample, LAYER};
 use crate::priority::Priority;
 use crate::queue::{Slot, WaitQueue};
-use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 pub(crate) struct Shared {
     name: std::sync::Arc<str>,
@@ -144,12 +144,12 @@ impl Shared {
 
     /// A permit without waiting, or `None`.
     #[inline]
-    pub(crate) fn try_acquire(this: &Arc<Self>, class: Priority) -> Option<Permit> {
+    pub(crate) fn try_acquire(this: &SharedState<Self>, class: Priority) -> Option<Permit> {
         this.try_fast(class).map(|n| Permit::new(this.clone(), n))
     }
 
     #[inline]
-    pub(crate) fn acquire(this: &Arc<Self>, class: Priority, bound: QueueBound) -> Acquire {
+    pub(crate) fn acquire(this: &SharedState<Self>, class: Priority, bound: QueueBound) -> Acquire {
         match this.try_fast(class) {
             Some(n) => Acquire::Acquired(Permit::new(this.clone(), n)),
             None => Self::acquire_slow(this, class, bound),
@@ -157,7 +157,7 @@ impl Shared {
     }
 
     #[cold]
-    fn acquire_slow(this: &Arc<Self>, class: Priority, bound: QueueBound) -> Acquire {
+    fn acquire_slow(this: &SharedState<Self>, class: Priority, bound: QueueBound) -> Acquire {
         let mut queue = lock(&this.queue);
         let max = match bound {
             QueueBound::Configured => this.max_queue,
@@ -340,16 +340,18 @@ impl Shared {
 
 /// A held permit; given back when dropped, however the call ends.
 ///
-/// Kept to two words: it moves through `poll_ready`, `call` and the
-/// response future on every request.
+/// Kept to a handle on the pool and a count (three words): it moves through
+/// `poll_ready`, `call` and the response future on every request. Taking it
+/// clones the handle, which costs a reference-count increment (and its drop
+/// a decrement) unless the pool was leaked, when it is a copied reference.
 pub(crate) struct Permit {
-    shared: Arc<Shared>,
+    shared: SharedState<Shared>,
     before: usize,
 }
 
 impl Permit {
     #[inline]
-    fn new(shared: Arc<Shared>, before: usize) -> Self {
+    fn new(shared: SharedState<Shared>, before: usize) -> Self {
         Self { shared, before }
     }
 
@@ -389,14 +391,14 @@ impl fmt::Debug for Permit {
 /// A place in the wait queue. Dropping it leaves the queue, and gives back a
 /// permit that was handed over but not yet collected.
 pub(crate) struct Waiter {
-    shared: Arc<Shared>,
+    shared: SharedState<Shared>,
     key: usize,
     sleep: Option<Pin<Box<Sleep>>>,
     done: bool,
 }
 
 impl Waiter {
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Shared {
         &self.shared
     }
 
@@ -438,7 +440,7 @@ impl Waiter {
 
     /// Collects the verdict of a slot that is no longer waiting.
     fn finish(
-        shared: &Arc<Shared>,
+        shared: &SharedState<Shared>,
         key: usize,
         queue: &mut WaitQueue,
     ) -> Result<Permit, RejectReason> {
@@ -498,7 +500,7 @@ impl fmt::Debug for Waiter {
 /// ```
 #[derive(Clone)]
 pub struct Pool {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: SharedState<Shared>,
 }
 
 impl Pool {
@@ -519,6 +521,14 @@ impl Pool {
     /// The pool's name, used in events.
     pub fn name(&self) -> &str {
         self.shared.name()
+    }
+
+    /// This pool, reached through a plain `&'static` reference from now on;
+    /// see [`BulkheadLayer::leak`](crate::BulkheadLayer::leak).
+    pub(crate) fn leak(self) -> Self {
+        Self {
+            shared: self.shared.leak(),
+        }
     }
 
     /// Changes a fixed limit at run time, e.g. from a configuration reload.
@@ -575,7 +585,7 @@ impl fmt::Debug for Pool {
 /// and refusals, for health checks and metrics.
 #[derive(Clone)]
 pub struct Handle {
-    shared: Arc<Shared>,
+    shared: SharedState<Shared>,
 }
 
 impl Handle {
@@ -628,7 +638,7 @@ impl Handle {
 
     /// `true` if both handles observe the same pool.
     pub fn same_pool(&self, other: &Handle) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
+        std::ptr::eq(&raw const *self.shared, &raw const *other.shared)
     }
 }
 
@@ -801,7 +811,7 @@ impl PoolBuilder {
         };
         let retry_after = self.retry_after.filter(|d| !d.is_zero());
         Ok(Pool {
-            shared: Arc::new(Shared {
+            shared: SharedState::new(Shared {
                 name: self.name,
                 state: AtomicU64::new(0),
                 limit: AtomicUsize::new(limit),
@@ -825,7 +835,7 @@ impl PoolBuilder {
 mod tests {
     use super::*;
 
-    fn pool(limit: usize, queue: usize) -> Arc<Shared> {
+    fn pool(limit: usize, queue: usize) -> SharedState<Shared> {
         Pool::builder()
             .max_concurrent(limit)
             .max_queue(queue)
@@ -868,6 +878,42 @@ mod tests {
     }
 
     #[test]
+    fn a_leaked_pool_hands_out_plain_references_to_itself() {
+        let counted = Pool::builder()
+            .max_concurrent(1)
+            .max_queue(1)
+            .max_wait(None)
+            .build()
+            .unwrap();
+        let before = counted.handle();
+        let leaked = counted.leak();
+        assert!(leaked.shared.is_static());
+        assert!(leaked.clone().handle().shared.is_static());
+        assert!(!before.shared.is_static(), "earlier handles keep counting");
+        assert!(leaked.handle().same_pool(&before));
+
+        // Permits and waiters, however they are obtained, copy the reference.
+        let held = Shared::try_acquire(&leaked.shared, Priority::Critical).unwrap();
+        assert!(held.shared.is_static());
+        let Acquire::Queued(mut waiter) =
+            Shared::acquire(&leaked.shared, Priority::Critical, QueueBound::Configured)
+        else {
+            panic!("one permit, held: the second request queues");
+        };
+        assert!(waiter.shared.is_static());
+        assert_eq!(before.queued(), 1);
+        drop(held);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Ok(handed_over)) = waiter.poll(&mut cx) else {
+            panic!("the released permit goes to the waiter");
+        };
+        assert!(handed_over.shared.is_static());
+        assert_eq!((before.in_flight(), before.queued()), (1, 0));
+        drop(handed_over);
+        assert_eq!(before.in_flight(), 0);
+    }
+
+    #[test]
     fn rejects_bad_settings() {
         let field = |b: PoolBuilder| b.build().unwrap_err().field();
         assert_eq!(field(Pool::builder().max_concurrent(0)), "max_concurrent");
@@ -895,7 +941,7 @@ mod loom_tests {
     use loom::thread;
     use std::future::poll_fn;
 
-    fn pool(limit: usize) -> Arc<Shared> {
+    fn pool(limit: usize) -> SharedState<Shared> {
         Pool::builder()
             .max_concurrent(limit)
             .max_queue(8)
@@ -907,7 +953,7 @@ mod loom_tests {
 
     /// A permit, waiting for it if needed; loom reports a deadlock if the
     /// wake-up is lost.
-    fn take(p: &Arc<Shared>) -> Permit {
+    fn take(p: &SharedState<Shared>) -> Permit {
         match Shared::acquire(p, Priority::Critical, QueueBound::Configured) {
             Acquire::Acquired(permit) => permit,
             Acquire::Queued(mut waiter) => {

@@ -2,14 +2,13 @@ use std::fmt;
 use std::mem;
 use std::task::{ready, Context, Poll};
 
-use seawall_core::{BoxError, Classify, ErrorsFail};
+use seawall_core::{BoxError, Classify, ErrorsFail, SharedState};
 use tower_service::Service;
 
 use crate::event::RejectReason;
 use crate::future::{ResponseFuture, Sampling};
 use crate::pool::{Acquire, Permit, QueueBound, Shared, Waiter};
 use crate::priority::{NoPriority, Prioritize, Priority};
-use crate::sync::Arc;
 
 /// A service behind a bulkhead; built by [`BulkheadLayer`](crate::BulkheadLayer).
 ///
@@ -21,7 +20,7 @@ use crate::sync::Arc;
 /// response future.
 pub struct Bulkhead<S, P = NoPriority, C = ErrorsFail> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: SharedState<Shared>,
     prioritize: P,
     classifier: C,
     backpressure: bool,
@@ -37,7 +36,7 @@ pub struct Bulkhead<S, P = NoPriority, C = ErrorsFail> {
 impl<S, P, C> Bulkhead<S, P, C> {
     pub(crate) fn new(
         inner: S,
-        shared: Arc<Shared>,
+        shared: SharedState<Shared>,
         prioritize: P,
         classifier: C,
         backpressure: bool,
@@ -246,5 +245,50 @@ where
             drop(permit);
         }
         self.call_slow(req, class, priority, classifier)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::{ready, Ready};
+
+    use tower_layer::Layer;
+
+    use super::*;
+    use crate::BulkheadLayer;
+
+    #[derive(Clone)]
+    struct Leaf;
+
+    impl Service<u32> for Leaf {
+        type Response = u32;
+        type Error = Infallible;
+        type Future = Ready<Result<u32, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, n: u32) -> Self::Future {
+            ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn services_of_a_leaked_layer_hold_a_plain_reference() {
+        let layer = BulkheadLayer::builder().build().unwrap();
+        let earlier = layer.clone();
+        let leaked = layer.leak();
+        assert!(!earlier.layer(Leaf).shared.is_static());
+        let svc = leaked.layer(Leaf);
+        assert!(svc.shared.is_static());
+        assert!(svc.clone().shared.is_static());
+        assert!(leaked.clone().layer(Leaf).shared.is_static());
+        assert!(BulkheadLayer::new(leaked.pool().clone())
+            .layer(Leaf)
+            .shared
+            .is_static());
+        assert!(leaked.leak().layer(Leaf).shared.is_static(), "idempotent");
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use http::StatusCode;
 use seawall_bulkhead::limit::Aimd;
 use seawall_bulkhead::{
-    BulkheadEvent, BulkheadFull, BulkheadLayer, BulkheadTimeout, Pool, Priority, RejectReason,
+    BulkheadEvent, BulkheadFull, BulkheadLayer, BulkheadTimeout, Pool, PoolRegistry, Priority,
+    RejectReason,
 };
 use seawall_core::event::FnListener;
 use seawall_core::{rejection, BoxError, Event, Outcome};
@@ -588,4 +589,181 @@ async fn a_free_permit_is_reserved_by_poll_ready_and_returned_if_unused() {
     gate.finish(2);
     assert_eq!(waiting.await.unwrap().unwrap(), 2);
     assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaked_layer_limits_and_queues_on_the_pool_its_earlier_handles_see() {
+    let layer = BulkheadLayer::builder()
+        .name("db")
+        .max_concurrent(2)
+        .max_queue(1)
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    // Taken before the leak: they must reach the very same pool.
+    let handle = layer.handle();
+    let pool = layer.pool().clone();
+    let earlier = layer.clone();
+    let leaked = layer.leak();
+    assert!(leaked.handle().same_pool(&handle));
+    assert_eq!(leaked.handle().name(), "db");
+
+    let gate = Gate::default();
+    let svc = leaked.layer(gate.clone());
+    let earlier_svc = earlier.layer(gate.clone());
+    let a = spawn_call(&svc, 1);
+    let b = spawn_call(&svc, 2);
+    run_pending().await;
+    assert_eq!(handle.in_flight(), 2, "the earlier handle sees the permits");
+    assert_eq!(handle.available(), 0);
+
+    // The third call queues, so the queue (one place) is full...
+    let started = tokio::time::Instant::now();
+    let queued = spawn_call(&svc, 3);
+    run_pending().await;
+    assert_eq!(handle.queued(), 1);
+    // ...and a service of the layer as it was before the leak is refused:
+    // one pool, not two.
+    let err = earlier_svc
+        .clone()
+        .oneshot(job(4, Priority::Normal))
+        .await
+        .unwrap_err();
+    assert!(err.is::<BulkheadFull>(), "the shared pool is full");
+    assert_eq!(handle.rejected_full(), 1);
+
+    // The queued call gives up after `max_wait`, in virtual time.
+    let err = queued.await.unwrap().unwrap_err();
+    assert!(err.is::<BulkheadTimeout>());
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!((handle.queued(), handle.rejected_timeout()), (0, 1));
+    assert_eq!(gate.started(), vec![1, 2]);
+    assert_eq!(gate.max_active(), 2, "the leaked layer kept the limit");
+
+    // The pool taken before the leak still controls the limit.
+    pool.set_max_concurrent(3).unwrap();
+    assert_eq!(leaked.handle().limit(), 3);
+    let c = spawn_call(&svc, 5);
+    run_pending().await;
+    assert_eq!(gate.started(), vec![1, 2, 5]);
+    assert_eq!(handle.in_flight(), 3);
+
+    for id in [1, 2, 5] {
+        gate.finish(id);
+    }
+    assert_eq!(a.await.unwrap().unwrap(), 1);
+    assert_eq!(b.await.unwrap().unwrap(), 2);
+    assert_eq!(c.await.unwrap().unwrap(), 5);
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+    assert_eq!(leaked.handle().rejected(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaked_layer_on_a_registered_pool_keeps_every_behaviour() {
+    let pools = PoolRegistry::new();
+    let db = || Pool::builder().name("db").max_concurrent(5);
+    let leaked = BulkheadLayer::new(pools.get_or_build(db()).unwrap())
+        .priority(support::by_class)
+        .backpressure()
+        .leak();
+    // Looked up by name after the leak: still the same pool.
+    let registered = pools.get("db").unwrap().handle();
+    assert!(registered.same_pool(&leaked.handle()));
+    let later = BulkheadLayer::new(pools.get_or_build(db()).unwrap());
+    assert!(later.handle().same_pool(&registered));
+
+    // Back-pressure and priorities: four critical calls hold permits, a
+    // sheddable one is past its 80% share.
+    let gate = Gate::default();
+    let svc = leaked.layer(gate.clone());
+    let held: Vec<_> = (1..=4)
+        .map(|id| tokio::spawn(svc.clone().oneshot(job(id, Priority::Critical))))
+        .collect();
+    run_pending().await;
+    assert_eq!(registered.in_flight(), 4);
+    let err = svc
+        .clone()
+        .oneshot(job(5, Priority::Sheddable))
+        .await
+        .unwrap_err();
+    assert!(err.downcast_ref::<BulkheadFull>().unwrap().is_shed());
+    assert_eq!(
+        registered.in_flight(),
+        4,
+        "the shed call's permit came back"
+    );
+
+    // A layer built from the registry after the leak takes the last permit;
+    // the leaked service then waits in `poll_ready`.
+    let later_svc = later.layer(gate.clone());
+    let fifth = spawn_call(&later_svc, 6);
+    run_pending().await;
+    assert_eq!(registered.in_flight(), 5);
+    let mut waiting = svc.clone();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(waiting.poll_ready(&mut cx).is_pending(), "back-pressure");
+    gate.finish(6);
+    fifth.await.unwrap().unwrap();
+    assert!(
+        waiting.poll_ready(&mut cx).is_ready(),
+        "the permit moved on"
+    );
+    drop(waiting);
+    assert_eq!(
+        registered.in_flight(),
+        4,
+        "an unused reservation comes back"
+    );
+
+    // Errors and panics give permits back too.
+    gate.fail(1);
+    for (id, h) in (1..).zip(held) {
+        if id > 1 {
+            gate.finish(id);
+        }
+        let result = h.await.unwrap();
+        assert_eq!(result.is_ok(), id > 1);
+    }
+    assert_eq!(registered.in_flight(), 0);
+    let panicking = BulkheadLayer::new(pools.get("db").unwrap())
+        .leak()
+        .layer(tower::service_fn(|(): ()| async {
+            tokio::task::yield_now().await;
+            panic!("handler bug");
+            #[allow(unreachable_code)]
+            Ok::<(), BoxError>(())
+        }));
+    let task = tokio::spawn(panicking.oneshot(()));
+    assert!(task.await.unwrap_err().is_panic());
+    assert_eq!(registered.in_flight(), 0, "released while unwinding");
+    assert_eq!(registered.rejected_shed(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaked_layer_feeds_its_adaptive_limit() {
+    let layer = BulkheadLayer::builder()
+        .adaptive(
+            Aimd::builder()
+                .initial_limit(1)
+                .min_limit(1)
+                .max_limit(10)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let gate = Gate::default();
+    let svc = layer.leak().layer(gate.clone());
+    let call = spawn_call(&svc, 1);
+    run_pending().await;
+    gate.finish(1); // success at full use: +1
+    call.await.unwrap().unwrap();
+    assert_eq!(handle.limit(), 2, "the earlier handle sees the new limit");
+    let call = spawn_call(&svc, 2);
+    run_pending().await;
+    gate.fail(2); // a drop: × 0.9, rounded down
+    call.await.unwrap().unwrap_err();
+    assert_eq!(handle.limit(), 1);
+    assert_eq!(handle.in_flight(), 0);
 }
