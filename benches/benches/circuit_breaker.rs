@@ -58,6 +58,13 @@ fn closed(c: &mut Criterion) {
         "circuit_breaker_closed/seawall_count_window",
         CircuitBreakerLayer::new().layer(Leaf),
     );
+    // The same breaker leaked: the response future holds a plain reference,
+    // so a call touches no reference count.
+    run(
+        c,
+        "circuit_breaker_closed/seawall_count_window_leaked",
+        CircuitBreakerLayer::new().leak().layer(Leaf),
+    );
     // Disabled through the handle: admission and the response future but no
     // recording, which splits the cost between the plumbing and the window.
     let disabled = CircuitBreakerLayer::new();

@@ -3,12 +3,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use seawall_core::{BoxError, Classify};
+use seawall_core::{BoxError, Classify, SharedState};
 
 use crate::breaker::Ticket;
 use crate::error::CircuitOpen;
@@ -17,14 +16,14 @@ use crate::handle::Shared;
 /// The right to make one call, from admission until its outcome is
 /// recorded. Dropped unrecorded (a cancelled call), it gives a probe slot
 /// back so a cancelled probe never holds the breaker half-open.
-pub(crate) struct Permit<C> {
-    shared: Arc<Shared<C>>,
+pub(crate) struct Permit<C: 'static> {
+    shared: SharedState<Shared<C>>,
     ticket: Ticket,
     recorded: bool,
 }
 
 impl<C> Permit<C> {
-    pub(crate) fn new(shared: Arc<Shared<C>>, ticket: Ticket) -> Self {
+    pub(crate) fn new(shared: SharedState<Shared<C>>, ticket: Ticket) -> Self {
         Self {
             shared,
             ticket,
@@ -68,7 +67,10 @@ pin_project! {
     /// The response future of [`CircuitBreaker`](crate::CircuitBreaker) and
     /// [`KeyedCircuitBreaker`](crate::KeyedCircuitBreaker): the inner call,
     /// whose outcome it records, or a ready [`CircuitOpen`] error.
-    pub struct ResponseFuture<F, C> {
+    pub struct ResponseFuture<F, C>
+    where
+        C: 'static,
+    {
         #[pin]
         kind: Kind<F, C>,
     }
@@ -76,7 +78,10 @@ pin_project! {
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, C> {
+    enum Kind<F, C>
+    where
+        C: 'static,
+    {
         Called {
             #[pin]
             future: F,
@@ -98,6 +103,15 @@ impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn rejected(retry_after: Option<Duration>) -> Self {
         Self {
             kind: Kind::Rejected { retry_after },
+        }
+    }
+
+    /// For a called future, whether its permit holds leaked state.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn holds_static_state(&self) -> Option<bool> {
+        match &self.kind {
+            Kind::Called { permit, .. } => Some(permit.shared.is_static()),
+            Kind::Rejected { .. } => None,
         }
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use seawall_core::SharedState;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -29,6 +30,15 @@ pub(crate) trait AsBreaker: Send + Sync + 'static {
 }
 
 impl<C: Send + Sync + 'static> AsBreaker for Shared<C> {
+    fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+}
+
+/// A layer's state, counted or leaked: the handle holds a clone of it, so
+/// it reaches the same breaker whichever it is, and keeps a counted one
+/// alive.
+impl<C: Send + Sync + 'static> AsBreaker for SharedState<Shared<C>> {
     fn breaker(&self) -> &Breaker {
         &self.breaker
     }
@@ -71,8 +81,18 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
-    pub(crate) fn new<C: Send + Sync + 'static>(shared: Arc<crate::handle::Shared<C>>) -> Self {
+    pub(crate) fn new<C: Send + Sync + 'static>(shared: Arc<Shared<C>>) -> Self {
         Self { shared }
+    }
+
+    /// A handle on a layer's breaker. `SharedState` gives no way back to
+    /// its `Arc` (and a leaked one has none to give), so the handle boxes a
+    /// clone of it: one allocation per handle, none per call, and handles
+    /// taken before and after a leak reach the same breaker.
+    pub(crate) fn from_state<C: Send + Sync + 'static>(shared: SharedState<Shared<C>>) -> Self {
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     fn breaker(&self) -> &Breaker {

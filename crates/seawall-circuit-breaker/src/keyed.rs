@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use seawall_core::{BoxError, Classify};
+use seawall_core::{BoxError, Classify, SharedState};
 use tokio::time::Instant;
 use tower::util::Oneshot;
 use tower_layer::Layer;
@@ -453,7 +453,7 @@ where
     S::Error: Into<BoxError>,
     K: Hash + Eq + Clone + fmt::Debug,
     F: Fn(&Req) -> K,
-    C: Classify<S::Response, S::Error> + Clone,
+    C: Classify<S::Response, S::Error> + Clone + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -470,7 +470,10 @@ where
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
                 let ticket = shared.breaker.ticket(word);
-                ResponseFuture::called(Oneshot::new(inner, req), Permit::new(shared, ticket))
+                // Counted, never leaked: the registry must be able to free
+                // an evicted key's breaker once its calls are done.
+                let permit = Permit::new(SharedState::from(shared), ticket);
+                ResponseFuture::called(Oneshot::new(inner, req), permit)
             }
             Err(open) => ResponseFuture::rejected(open.retry_after_hint()),
         }

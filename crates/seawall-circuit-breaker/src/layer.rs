@@ -5,7 +5,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-use seawall_core::{ConfigError, ErrorsFail, Listener, NoopListener};
+use seawall_core::{ConfigError, ErrorsFail, Listener, NoopListener, SharedState};
 use tower_layer::Layer;
 
 use crate::breaker::{Breaker, Config, WindowConfig};
@@ -42,8 +42,8 @@ const MAX_BUCKETS: usize = 4096;
 /// # let _ = layer;
 /// # Ok::<(), seawall_core::ConfigError>(())
 /// ```
-pub struct CircuitBreakerLayer<C = ErrorsFail> {
-    shared: Arc<Shared<C>>,
+pub struct CircuitBreakerLayer<C: 'static = ErrorsFail> {
+    shared: SharedState<Shared<C>>,
 }
 
 impl CircuitBreakerLayer {
@@ -66,8 +66,59 @@ impl Default for CircuitBreakerLayer {
 
 impl<C: Send + Sync + 'static> CircuitBreakerLayer<C> {
     /// A handle on this layer's breaker.
+    ///
+    /// The handle steers the same breaker whether it is taken before or
+    /// after [`leak`](Self::leak).
     pub fn handle(&self) -> Handle {
-        Handle::new(self.shared.clone())
+        Handle::from_state(self.shared.clone())
+    }
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// Makes the layer's breaker live for the rest of the program, so that
+    /// its services and their response futures hold a plain reference to it
+    /// instead of a reference count.
+    ///
+    /// Every call then saves one atomic increment and one atomic decrement
+    /// of a shared counter, made when `call` hands the response future its
+    /// hold on the breaker and undone when the future is dropped (see
+    /// [`SharedState`]). The breaker, its window and its classifier are
+    /// never freed: leak layers built once, at start-up, not per request.
+    ///
+    /// Clones of the layer, services and [`Handle`]s made before the call
+    /// keep counting but reach the same breaker, so a handle taken earlier
+    /// still observes and steers it. Keyed layers
+    /// ([`build_keyed`](Builder::build_keyed)) have no `leak`: a key's
+    /// breaker must stay freeable when the registry evicts it.
+    ///
+    /// ```
+    /// use seawall_circuit_breaker::{CircuitBreakerLayer, State};
+    /// use seawall_core::BoxError;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("inventory")
+    ///     .build()
+    ///     .expect("valid settings");
+    /// let handle = layer.handle();
+    /// let layer = layer.leak();
+    ///
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1) }));
+    /// assert_eq!(svc.clone().oneshot(1).await.unwrap(), 2);
+    ///
+    /// // The handle taken before the leak steers the same breaker.
+    /// handle.force_open();
+    /// assert!(svc.oneshot(1).await.is_err());
+    /// assert_eq!(layer.handle().state(), State::ForcedOpen);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn leak(self) -> Self {
+        Self {
+            shared: self.shared.leak(),
+        }
     }
 }
 
@@ -440,7 +491,7 @@ where
     fn finish(self, cfg: Arc<Config>) -> CircuitBreakerLayer<C> {
         let breaker = Breaker::new(cfg, None, emitter(self.listener));
         CircuitBreakerLayer {
-            shared: Arc::new(Shared {
+            shared: SharedState::new(Shared {
                 breaker,
                 classifier: self.classifier,
             }),

@@ -2,11 +2,10 @@
 
 use std::fmt;
 use std::mem;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use seawall_core::{BoxError, Classify, ErrorsFail};
+use seawall_core::{BoxError, Classify, ErrorsFail, SharedState};
 use tower_service::Service;
 
 use crate::future::{Permit, ResponseFuture};
@@ -17,7 +16,7 @@ use crate::handle::{Handle, Shared};
 ///
 /// Built by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer); every
 /// service made by one layer (and every clone) shares one breaker.
-pub struct CircuitBreaker<S, C = ErrorsFail> {
+pub struct CircuitBreaker<S, C: 'static = ErrorsFail> {
     inner: S,
     slot: Slot<C>,
 }
@@ -30,8 +29,8 @@ pub struct CircuitBreaker<S, C = ErrorsFail> {
 /// permit through the service (written in pieces, read back as one wide
 /// copy) cost a store-forwarding stall per call. The response future's
 /// permit (with its reference on the breaker) is made in `call`.
-struct Slot<C> {
-    shared: Arc<Shared<C>>,
+struct Slot<C: 'static> {
+    shared: SharedState<Shared<C>>,
     /// The state word of the admitted next call, or [`NONE`].
     admitted: u64,
     /// `poll_ready` refused the next call, with this hint.
@@ -43,7 +42,7 @@ struct Slot<C> {
 const NONE: u64 = u64::MAX;
 
 impl<C> Slot<C> {
-    fn new(shared: Arc<Shared<C>>) -> Self {
+    fn new(shared: SharedState<Shared<C>>) -> Self {
         Self {
             shared,
             admitted: NONE,
@@ -70,7 +69,7 @@ impl<C> Drop for Slot<C> {
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<C>>) -> Self {
+    pub(crate) fn new(inner: S, shared: SharedState<Shared<C>>) -> Self {
         Self {
             inner,
             slot: Slot::new(shared),
@@ -96,7 +95,7 @@ impl<S, C> CircuitBreaker<S, C> {
 impl<S, C: Send + Sync + 'static> CircuitBreaker<S, C> {
     /// A handle on the breaker this service shares.
     pub fn handle(&self) -> Handle {
-        Handle::new(self.slot.shared.clone())
+        Handle::from_state(self.slot.shared.clone())
     }
 }
 
@@ -172,5 +171,50 @@ where
         let ticket = slot.shared.breaker.ticket(word);
         let permit = Permit::new(slot.shared.clone(), ticket);
         ResponseFuture::called(self.inner.call(req), permit)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::Waker;
+
+    use tower::{service_fn, Layer};
+
+    use super::*;
+    use crate::{CircuitBreakerLayer, State};
+
+    fn leaf(n: u32) -> std::future::Ready<Result<u32, BoxError>> {
+        std::future::ready(Ok(n))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn services_and_futures_of_a_leaked_layer_hold_a_plain_reference() {
+        let counted = CircuitBreakerLayer::new();
+        let mut svc = counted.layer(service_fn(leaf));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let fut = svc.call(1);
+        assert!(!svc.slot.shared.is_static());
+        assert_eq!(fut.holds_static_state(), Some(false));
+        drop(fut);
+
+        let earlier = counted.handle();
+        let leaked = counted.leak();
+        let mut svc = leaked.layer(service_fn(leaf)).clone();
+        assert!(svc.slot.shared.is_static());
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let fut = svc.call(2);
+        assert_eq!(fut.holds_static_state(), Some(true));
+        assert!(matches!(pin!(fut).poll(&mut cx), Poll::Ready(Ok(2))));
+
+        // Handles from before the leak, from the leaked layer and from its
+        // service all steer one breaker.
+        svc.handle().force_open();
+        assert_eq!(earlier.state(), State::ForcedOpen);
+        assert_eq!(leaked.handle().state(), State::ForcedOpen);
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        assert_eq!(svc.call(3).holds_static_state(), None, "rejected");
     }
 }

@@ -33,9 +33,20 @@ fn breaker(builder: Builder) -> (Svc, seawall_circuit_breaker::Handle, Arc<Atomi
     let layer = builder.build().expect("valid config");
     let handle = layer.handle();
     let reached = Arc::new(AtomicUsize::new(0));
-    let count = reached.clone();
-    let backend = service_fn(move |call: Call| {
-        count.fetch_add(1, Ordering::SeqCst);
+    (
+        tower::util::BoxCloneService::new(layer.layer(backend(reached.clone()))),
+        handle,
+        reached,
+    )
+}
+
+/// A backend that does what each call says, counting the calls in `reached`.
+fn backend(
+    reached: Arc<AtomicUsize>,
+) -> impl Service<Call, Response = &'static str, Error = BoxError, Future: Send> + Clone + Send + 'static
+{
+    service_fn(move |call: Call| {
+        reached.fetch_add(1, Ordering::SeqCst);
         async move {
             match call {
                 Call::Ok => Ok("ok"),
@@ -50,12 +61,7 @@ fn breaker(builder: Builder) -> (Svc, seawall_circuit_breaker::Handle, Arc<Atomi
                 }
             }
         }
-    });
-    (
-        tower::util::BoxCloneService::new(layer.layer(backend)),
-        handle,
-        reached,
-    )
+    })
 }
 
 async fn send(svc: &mut Svc, call: Call) -> Result<&'static str, BoxError> {
@@ -531,6 +537,61 @@ async fn handle_forces_open_disables_and_resets() {
     assert!(handle.metrics().state_since >= since);
     assert_eq!(handle.metrics().calls, 0);
     assert_eq!(handle.name(), "circuit_breaker");
+}
+
+/// A leaked layer's breaker is the one its earlier handle and services
+/// see: it trips, rejects, probes and closes as one breaker, and a handle
+/// taken before the leak steers the services made after it.
+#[tokio::test(start_paused = true)]
+async fn a_leaked_layer_trips_and_shares_its_breaker_with_an_earlier_handle() {
+    let layer = small().build().unwrap();
+    let earlier_handle = layer.handle();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let mut earlier: Svc = tower::util::BoxCloneService::new(layer.layer(backend(reached.clone())));
+    let layer = layer.leak();
+    let handle = layer.handle();
+    let mut leaked: Svc = tower::util::BoxCloneService::new(layer.layer(backend(reached.clone())));
+
+    // Failures through the leaked layer's service trip the breaker...
+    for _ in 0..4 {
+        assert!(send(&mut leaked, Call::Fail).await.is_err());
+    }
+    assert_eq!(reached.load(Ordering::SeqCst), 4);
+    assert_eq!(handle.state(), State::Open);
+    // ...that the handle and the service from before the leak see.
+    assert_eq!(earlier_handle.state(), State::Open);
+    assert_eq!(earlier_handle.metrics().failures, 4);
+    assert_eq!(
+        open_error(send(&mut earlier, Call::Ok).await).retry_after(),
+        Some(SECS(10))
+    );
+    tokio::time::advance(SECS(4)).await;
+    assert_eq!(
+        open_error(send(&mut leaked, Call::Ok).await).retry_after(),
+        Some(SECS(6))
+    );
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        4,
+        "rejected calls never reach it"
+    );
+    assert_eq!(earlier_handle.metrics().rejected, 2);
+
+    // After the open duration one probe closes it, for everyone.
+    tokio::time::advance(SECS(6)).await;
+    assert_eq!(send(&mut leaked, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(earlier_handle.state(), State::Closed);
+
+    // The earlier handle steers the leaked layer's services.
+    earlier_handle.force_open();
+    assert_eq!(handle.state(), State::ForcedOpen);
+    assert!(open_error(send(&mut leaked, Call::Ok).await)
+        .retry_after()
+        .is_none());
+    assert_eq!(reached.load(Ordering::SeqCst), 5);
+    earlier_handle.reset();
+    assert_eq!(send(&mut leaked, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::Closed);
 }
 
 #[tokio::test(start_paused = true)]
