@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
 use http::{Request, Response};
 use seawall::retry::{Backoff, JitterRetryLayer, ReplayBody};
 use seawall_benches::{call_now, Leaf};
 use tower::retry::budget::{Budget, TpsBudget};
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 type Req = [u64; 4];
 
@@ -30,6 +31,23 @@ where
 {
     c.bench_function(name, |b| {
         b.iter(|| black_box(call_now(&mut svc, black_box([1, 2, 3, 4]))));
+    });
+}
+
+/// The harness this bench used before `call_now`, kept as a control:
+/// readiness and the response through `FutureExt::now_or_never`, which the
+/// compiler inlines for some future types and not for others.
+fn run_now_or_never<S>(c: &mut Criterion, name: &str, mut svc: S)
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+{
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            let svc = svc.ready().now_or_never().expect("ready").expect("ok");
+            let fut = svc.call(black_box([1, 2, 3, 4]));
+            black_box(fut.now_or_never().expect("answers at once").expect("ok"))
+        });
     });
 }
 
@@ -134,6 +152,18 @@ fn success_path(c: &mut Criterion) {
     run(
         c,
         "retry_success/tower_resilience_retry",
+        resilience.layer(Leaf),
+    );
+
+    run_now_or_never(c, "retry_success_now_or_never/bare_leaf", Leaf);
+    run_now_or_never(
+        c,
+        "retry_success_now_or_never/seawall_jitter_retry",
+        seawall.layer(Leaf),
+    );
+    run_now_or_never(
+        c,
+        "retry_success_now_or_never/tower_resilience_retry",
         resilience.layer(Leaf),
     );
 
