@@ -149,6 +149,7 @@ fn contention(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let breaker = CircuitBreakerLayer::new().layer(Leaf);
+    let leaked = CircuitBreakerLayer::new().leak().layer(Leaf);
     let limit = tower::limit::ConcurrencyLimitLayer::new(1_000_000).layer(Leaf);
     let mut group = c.benchmark_group("circuit_breaker_contention");
     group.throughput(Throughput::Elements(CALLS_PER_BATCH));
@@ -156,6 +157,15 @@ fn contention(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("seawall", tasks), &tasks, |b, &tasks| {
             b.iter_custom(|iters| contended(&rt, &breaker, tasks, iters));
         });
+        // The same breaker with its state leaked: the two workers no
+        // longer share a reference count's cache line on every call.
+        group.bench_with_input(
+            BenchmarkId::new("seawall_leaked", tasks),
+            &tasks,
+            |b, &tasks| {
+                b.iter_custom(|iters| contended(&rt, &leaked, tasks, iters));
+            },
+        );
         // ConcurrencyLimit is not Clone-shareable in a meaningful way (each
         // clone shares the semaphore), so it serves as the reference.
         group.bench_with_input(
