@@ -74,6 +74,35 @@ fn success_path(c: &mut Criterion) {
     });
     group.finish();
 
+    // A leaf whose error type is already `BoxError`, as a client's usually
+    // is (a connection refused, a timeout): the bare map and the fallback
+    // layer then return the same `Result` type and neither converts.
+    let fallible = || {
+        tower::service_fn(|n: u64| {
+            std::future::ready(Leaf.call(n).into_inner().map_err(BoxError::from))
+        })
+    };
+    let mut group = c.benchmark_group("fallback_success_path_fallible_leaf");
+    group.bench_function("bare_map_response", |b| {
+        let mut svc = MapResponseLayer::new(|n: u64| n).layer(fallible());
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
+    });
+    group.bench_function("fallback_value", |b| {
+        let layer = FallbackLayer::builder().value(0u64).build().expect("valid");
+        let mut svc = layer.layer(fallible());
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
+    });
+    group.bench_function("fallback_value_leaked", |b| {
+        let layer = FallbackLayer::builder()
+            .value(0u64)
+            .build()
+            .expect("valid")
+            .leak();
+        let mut svc = layer.layer(fallible());
+        b.iter(|| black_box(call_now(&mut svc, black_box(7u64))));
+    });
+    group.finish();
+
     // The harness of `benches/benches/core.rs`: each call driven by a
     // current-thread tokio runtime, as a server task would.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -73,17 +73,59 @@ where
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (shared, info, original) = match self.as_mut().project().state.project() {
+        // The success path: one classification and the response passed on.
+        // Everything else (recording, judging an error, the tiers) is out
+        // of line, so this part inlines into the caller.
+        let result = match self.as_mut().project().state.project() {
             StateProj::Falling { fut } => return fut.as_mut().poll(cx),
-            StateProj::Called { fut, shared, info } => match ready!(fut.poll(cx)) {
-                Ok(res) => match shared.classifier.classify(Ok(&res)) {
-                    Outcome::Success if shared.last_known_good.is_some() => {
-                        return Poll::Ready(Ok(record(shared, res, info.as_ref())));
+            StateProj::Called { fut, shared, .. } => match ready!(fut.poll(cx)) {
+                Ok(res) => {
+                    let outcome = shared.classifier.classify(Ok(&res));
+                    let pass = match outcome {
+                        Outcome::Success => shared.last_known_good.is_none(),
+                        Outcome::Ignore => true,
+                        Outcome::Failure => false,
+                    };
+                    if pass {
+                        return Poll::Ready(Ok(M::pass(res)));
                     }
-                    Outcome::Success | Outcome::Ignore => return Poll::Ready(Ok(M::pass(res))),
-                    Outcome::Failure => (shared.clone(), info.take(), Original::Response(res)),
-                },
-                Err(err) => match judge(shared, err.into()) {
+                    Ok((outcome, res))
+                }
+                Err(err) => Err(err.into()),
+            },
+        };
+        self.settle(cx, result)
+    }
+}
+
+impl<F, T, M: Mode, C, L> ResponseFuture<F, T, M, C, L> {
+    /// The inner call's result, once it is more than a response to pass
+    /// on: a success to record, a failing response, or an error.
+    #[inline(never)]
+    fn settle<Res>(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        result: Result<(Outcome, Res), BoxError>,
+    ) -> Poll<Result<T, BoxError>>
+    where
+        Res: Send + 'static,
+        M: Respond<Res, Response = T>,
+        C: Classify<Res, BoxError> + Send + Sync + 'static,
+        L: Listener<FallbackEvent>,
+    {
+        let (shared, info, original) = match self.as_mut().project().state.project() {
+            // Only a `Called` future settles; a `Falling` one has nothing
+            // to add to the chain it runs.
+            StateProj::Falling { fut } => return fut.as_mut().poll(cx),
+            StateProj::Called { shared, info, .. } => match result {
+                Ok((Outcome::Success, res)) => {
+                    return Poll::Ready(Ok(record(shared, res, info.as_ref())));
+                }
+                Ok((Outcome::Ignore, res)) => return Poll::Ready(Ok(M::pass(res))),
+                Ok((Outcome::Failure, res)) => {
+                    (shared.clone(), info.take(), Original::Response(res))
+                }
+                Err(err) => match judge(shared, err) {
                     Ok(original) => (shared.clone(), info.take(), original),
                     Err(err) => return Poll::Ready(Err(err)),
                 },
@@ -98,8 +140,6 @@ where
 
 /// Decides whether an error fires the fallback: a seawall rejection by the
 /// rejection filter, anything else by the classifier. `Err` passes it on.
-#[cold]
-#[inline(never)]
 fn judge<M, C, L, Res>(shared: &Shared<M, C, L>, err: BoxError) -> Result<Original<Res>, BoxError>
 where
     M: Mode,
