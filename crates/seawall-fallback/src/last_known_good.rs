@@ -6,7 +6,6 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::ops::compute::Op;
 use moka::sync::Cache;
 use seawall_core::ConfigError;
 use tokio::time::Instant;
@@ -137,24 +136,6 @@ where
     }
 }
 
-impl<K, V, F> Store<K, V, F>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    /// Removes `stale` from under `key`, unless a response recorded since
-    /// it was read has replaced it: a concurrent success must not be lost
-    /// to a failure that saw the older entry.
-    fn forget(&self, key: K, stale: &Arc<Entry<V>>) {
-        self.cache
-            .entry(key)
-            .and_compute_with(|current| match current {
-                Some(current) if Arc::ptr_eq(current.value(), stale) => Op::Remove,
-                _ => Op::Nop,
-            });
-    }
-}
-
 impl<I, K, V, F> Slot<I, V> for Store<K, V, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
@@ -165,13 +146,11 @@ where
         let key = (self.key)(info)?;
         let cache = self.cache.clone();
         Some(Recorder::new(move |value| {
-            let entry = Arc::new(Entry {
+            let entry = Entry {
                 stored_at: Instant::now(),
                 value,
-            });
-            // Under the key's lock, like the removal of a stale entry in
-            // `forget`, so the two never interleave.
-            cache.entry(key).and_compute_with(|_| Op::Put(entry));
+            };
+            cache.insert(key, Arc::new(entry));
         }))
     }
 
@@ -179,11 +158,11 @@ where
         let key = (self.key)(info)?;
         let entry = self.cache.get(&key)?;
         let age = entry.stored_at.elapsed();
-        if age > self.max_staleness {
-            self.forget(key, &entry);
-            return None;
-        }
-        Some((entry.value.clone(), age))
+        // A stale entry is not served, and not removed either: its time to
+        // live (by default the staleness) and the capacity bound free it.
+        // Removing it here could remove a response a concurrent success
+        // recorded since this read instead.
+        (age <= self.max_staleness).then(|| (entry.value.clone(), age))
     }
 
     fn entry_count(&self) -> u64 {
@@ -276,7 +255,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn serves_until_stale_then_forgets() {
+    async fn serves_until_stale_then_not() {
         let s = store(LastKnownGood::new().max_staleness(Duration::from_secs(10)));
         s.recorder(&1).expect("keyed").record("one");
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -285,25 +264,22 @@ mod tests {
         assert_eq!(age, Duration::from_secs(10));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(s.recall(&1).is_none());
-        s.run_pending_tasks();
-        assert_eq!(Slot::<u32, _>::entry_count(&s), 0, "stale entry removed");
+        assert!(s.recall(&1).is_none(), "and stays unserved");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stale_read_does_not_remove_a_response_recorded_since() {
+    async fn a_response_recorded_after_a_stale_read_is_served() {
         let s = store(LastKnownGood::new().max_staleness(Duration::from_secs(10)));
         s.recorder(&1).expect("keyed").record("old");
-        let stale = s.cache.get(&1).expect("stored");
         tokio::time::advance(Duration::from_secs(11)).await;
-        // A success records a fresh response between a failure's read of
-        // the stale entry and its removal.
+        // A failure that finds the entry stale leaves the cache as it is:
+        // a removal after its read could hit a fresh response recorded by a
+        // concurrent success in between.
+        assert!(s.recall(&1).is_none());
+        assert!(s.cache.get(&1).is_some(), "a stale read removes nothing");
         s.recorder(&1).expect("keyed").record("fresh");
-        s.forget(1, &stale);
         assert_eq!(s.recall(&1).map(|(v, _)| v), Some("fresh"));
-
-        let fresh = s.cache.get(&1).expect("stored");
-        s.forget(1, &fresh);
-        assert!(s.cache.get(&1).is_none(), "the entry read is removed");
+        assert_eq!(s.recall(&1).map(|(_, age)| age), Some(Duration::ZERO));
     }
 
     #[tokio::test(start_paused = true)]
