@@ -71,6 +71,79 @@ pub fn parse_grpc_pushback(value: &str) -> Option<Duration> {
     (delay <= MAX_HINT).then_some(delay)
 }
 
+/// The longest wait seawall ever *sends* in a `Retry-After` or
+/// `grpc-retry-pushback-ms` header: one day, the same bound as
+/// [`MAX_HINT`] on the hints it reads.
+///
+/// A layer configured with a longer hint (even [`Duration::MAX`]) tells its
+/// clients to come back in a day; nothing overflows.
+pub const MAX_RETRY_AFTER: Duration = MAX_HINT;
+
+/// The `Retry-After` delay-seconds to send for a wait of `after`.
+///
+/// Whole seconds rounded up, so a client never comes back early; at least 1,
+/// because `Retry-After: 0` invites an immediate retry storm from every
+/// refused client; at most [`MAX_RETRY_AFTER`] (86 400). The arithmetic
+/// saturates: no duration overflows or panics.
+///
+/// Every seawall layer and adapter that writes `Retry-After` uses this.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall_core::hint::retry_after_secs;
+///
+/// assert_eq!(retry_after_secs(Duration::from_millis(2_100)), 3);
+/// assert_eq!(retry_after_secs(Duration::ZERO), 1);
+/// assert_eq!(retry_after_secs(Duration::MAX), 86_400);
+/// ```
+pub const fn retry_after_secs(after: Duration) -> u64 {
+    let max = MAX_RETRY_AFTER.as_secs();
+    if after.as_secs() >= max {
+        return max;
+    }
+    // Below the maximum, so adding one cannot overflow.
+    let secs = after.as_secs() + (after.subsec_nanos() > 0) as u64;
+    if secs == 0 {
+        1
+    } else if secs > max {
+        max
+    } else {
+        secs
+    }
+}
+
+/// [`retry_after_secs`] as a header value.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall_core::hint::retry_after_value;
+///
+/// assert_eq!(retry_after_value(Duration::from_secs(7)), "7");
+/// ```
+pub fn retry_after_value(after: Duration) -> HeaderValue {
+    HeaderValue::from(retry_after_secs(after))
+}
+
+/// The `grpc-retry-pushback-ms` milliseconds to send for a wait of `after`:
+/// rounded up to a whole millisecond, at most [`MAX_RETRY_AFTER`]
+/// (86 400 000), never overflowing.
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall_core::hint::grpc_pushback_ms;
+///
+/// assert_eq!(grpc_pushback_ms(Duration::from_micros(1_500)), 2);
+/// assert_eq!(grpc_pushback_ms(Duration::MAX), 86_400_000);
+/// ```
+pub const fn grpc_pushback_ms(after: Duration) -> u64 {
+    if after.as_secs() >= MAX_RETRY_AFTER.as_secs() {
+        return MAX_RETRY_AFTER.as_secs() * 1_000;
+    }
+    let nanos = after.subsec_nanos();
+    // Below one day, so the product cannot overflow.
+    after.as_secs() * 1_000 + (nanos / 1_000_000) as u64 + (!nanos.is_multiple_of(1_000_000)) as u64
+}
+
 fn header_str(value: &HeaderValue) -> Option<&str> {
     value.to_str().ok()
 }
@@ -164,6 +237,33 @@ mod tests {
         for (value, expected) in cases {
             assert_eq!(parse_grpc_pushback(value), expected, "{value:?}");
         }
+    }
+
+    #[test]
+    fn retry_after_secs_rounds_up_saturates_and_clamps() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_nanos(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(7)), 7);
+        assert_eq!(retry_after_secs(Duration::from_millis(6_001)), 7);
+        assert_eq!(retry_after_secs(Duration::from_millis(86_399_001)), 86_400);
+        assert_eq!(retry_after_secs(Duration::from_secs(86_400)), 86_400);
+        assert_eq!(retry_after_secs(Duration::from_secs(86_401)), 86_400);
+        assert_eq!(
+            retry_after_secs(Duration::new(u64::MAX, 999_999_999)),
+            86_400
+        );
+        assert_eq!(retry_after_secs(Duration::MAX), 86_400);
+        assert_eq!(retry_after_value(Duration::MAX), "86400");
+    }
+
+    #[test]
+    fn grpc_pushback_ms_rounds_up_saturates_and_clamps() {
+        assert_eq!(grpc_pushback_ms(Duration::ZERO), 0);
+        assert_eq!(grpc_pushback_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(grpc_pushback_ms(Duration::from_millis(250)), 250);
+        assert_eq!(grpc_pushback_ms(Duration::new(3, 1_000_001)), 3_002);
+        assert_eq!(grpc_pushback_ms(Duration::from_secs(86_400)), 86_400_000);
+        assert_eq!(grpc_pushback_ms(Duration::MAX), 86_400_000);
     }
 
     #[test]

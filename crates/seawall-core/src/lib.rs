@@ -55,10 +55,14 @@ pub mod event;
 pub mod grpc;
 pub mod hint;
 mod http_classify;
+pub mod problem;
 pub mod rejection;
 mod shared;
 
-pub use classify::{Classify, ErrorsFail, Outcome};
+pub use classify::{
+    And, Classify, ClassifyExt, ErrorChain, ErrorsFail, IgnoreErrors, IgnoreRejections, Not, Or,
+    Outcome,
+};
 pub use config::ConfigError;
 pub use event::{Event, Listener, NoopListener};
 pub use grpc::{GrpcClassifier, GrpcCode};

@@ -55,6 +55,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::GrpcCode;
+
 /// A seawall layer's refusal to run a request.
 ///
 /// Implementors are small public error structs that hold a [`Rejected`] and
@@ -76,12 +78,31 @@ pub trait Rejection: Error + Send + Sync + 'static {
 }
 
 /// The part of a rejection that any layer can read: a machine-readable kind,
-/// an HTTP status and a `Retry-After` hint.
+/// an HTTP status, a `Retry-After` hint, the text a client may be shown and
+/// the gRPC code a server answers with.
+///
+/// The text a client sees ([`detail`](Self::detail)) is a `&'static str`
+/// written by the layer that refuses, never built from request data or from
+/// another error's message; adapters such as `seawall::http` send nothing
+/// else.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::StatusCode;
+/// use seawall_core::{GrpcCode, Rejected};
+///
+/// let r = Rejected::new("quota_spent", StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(1)))
+///     .with_detail("the tenant's quota is spent");
+/// assert_eq!(r.detail(), "the tenant's quota is spent");
+/// assert_eq!(r.grpc_code(), GrpcCode::ResourceExhausted);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected {
     kind: &'static str,
     status: StatusCode,
     retry_after: Option<Duration>,
+    detail: Option<&'static str>,
+    grpc_code: Option<GrpcCode>,
 }
 
 impl Rejected {
@@ -95,7 +116,27 @@ impl Rejected {
             kind,
             status,
             retry_after,
+            detail: None,
+            grpc_code: None,
         }
+    }
+
+    /// Sets the text a client may be shown (an HTTP problem's `detail`, a
+    /// `grpc-message`). Write it as the layer's own fixed words: it must not
+    /// carry request data, secrets or another error's message.
+    #[must_use]
+    pub const fn with_detail(mut self, detail: &'static str) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Sets the gRPC code a server answers this rejection with, instead of
+    /// the one derived from the kind and status (see
+    /// [`grpc_code`](Self::grpc_code)).
+    #[must_use]
+    pub const fn with_grpc_code(mut self, code: GrpcCode) -> Self {
+        self.grpc_code = Some(code);
+        self
     }
 
     /// The machine-readable kind, e.g. `"circuit_open"`.
@@ -111,6 +152,64 @@ impl Rejected {
     /// How long the caller should wait before trying again, if known.
     pub const fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+
+    /// The text a client may be shown: the one set with
+    /// [`with_detail`](Self::with_detail), else a fixed text for the kinds
+    /// seawall's layers use (`circuit_open`, `bulkhead_full`,
+    /// `bulkhead_timeout`, `rate_limited`, ...), else a fixed text for the
+    /// status.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use seawall_core::Rejected;
+    ///
+    /// let open = Rejected::new("circuit_open", StatusCode::SERVICE_UNAVAILABLE, None);
+    /// assert_eq!(open.detail(), "the circuit breaker is open");
+    /// ```
+    pub fn detail(&self) -> &'static str {
+        if let Some(detail) = self.detail {
+            return detail;
+        }
+        match self.kind {
+            "circuit_open" => "the circuit breaker is open",
+            "bulkhead_full" => "the bulkhead is full",
+            "bulkhead_timeout" => "timed out waiting for a bulkhead permit",
+            "rate_limited" => "the rate limit is exceeded",
+            "timeout" => "the request timed out",
+            "overloaded" => "the service is overloaded",
+            "injected_fault" => "an injected fault",
+            "handler_panicked" => "the handler failed",
+            _ => match self.status.as_u16() {
+                429 => "too many requests",
+                503 => "the service is unavailable",
+                408 | 504 => "the request timed out",
+                _ => "the request was refused",
+            },
+        }
+    }
+
+    /// The gRPC code a server answers this rejection with: the one set with
+    /// [`with_grpc_code`](Self::with_grpc_code), else `RESOURCE_EXHAUSTED`
+    /// for the kind `rate_limited`, else
+    /// [`GrpcCode::from_http_status`] of the status (`503` is
+    /// `UNAVAILABLE`, `429` `RESOURCE_EXHAUSTED`, `504` `DEADLINE_EXCEEDED`).
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use seawall_core::{GrpcCode, Rejected};
+    ///
+    /// let full = Rejected::new("bulkhead_full", StatusCode::SERVICE_UNAVAILABLE, None);
+    /// assert_eq!(full.grpc_code(), GrpcCode::Unavailable);
+    /// ```
+    pub fn grpc_code(&self) -> GrpcCode {
+        if let Some(code) = self.grpc_code {
+            return code;
+        }
+        if self.kind == "rate_limited" {
+            return GrpcCode::ResourceExhausted;
+        }
+        GrpcCode::from_http_status(self.status)
     }
 }
 
@@ -182,6 +281,59 @@ mod tests {
         assert!(find(&*other).is_none());
         let wrapped_other: BoxError = Box::new(Wrapper("plain".into()));
         assert!(!is_rejection(&*wrapped_other));
+    }
+
+    #[test]
+    fn detail_is_fixed_text_per_kind_status_or_explicit() {
+        let r =
+            |kind, status: u16| Rejected::new(kind, StatusCode::from_u16(status).unwrap(), None);
+        assert_eq!(
+            r("circuit_open", 503).detail(),
+            "the circuit breaker is open"
+        );
+        assert_eq!(r("bulkhead_full", 503).detail(), "the bulkhead is full");
+        assert_eq!(
+            r("bulkhead_timeout", 503).detail(),
+            "timed out waiting for a bulkhead permit"
+        );
+        assert_eq!(
+            r("rate_limited", 429).detail(),
+            "the rate limit is exceeded"
+        );
+        assert_eq!(r("custom", 503).detail(), "the service is unavailable");
+        assert_eq!(r("custom", 429).detail(), "too many requests");
+        assert_eq!(r("custom", 504).detail(), "the request timed out");
+        assert_eq!(r("custom", 418).detail(), "the request was refused");
+        assert_eq!(r("custom", 418).with_detail("mine").detail(), "mine");
+    }
+
+    #[test]
+    fn grpc_code_from_kind_status_or_explicit() {
+        let r =
+            |kind, status: u16| Rejected::new(kind, StatusCode::from_u16(status).unwrap(), None);
+        assert_eq!(r("circuit_open", 503).grpc_code(), GrpcCode::Unavailable);
+        assert_eq!(
+            r("bulkhead_timeout", 503).grpc_code(),
+            GrpcCode::Unavailable
+        );
+        assert_eq!(
+            r("rate_limited", 503).grpc_code(),
+            GrpcCode::ResourceExhausted
+        );
+        assert_eq!(r("custom", 429).grpc_code(), GrpcCode::ResourceExhausted);
+        assert_eq!(r("custom", 504).grpc_code(), GrpcCode::DeadlineExceeded);
+        assert_eq!(
+            r("custom", 503)
+                .with_grpc_code(GrpcCode::Aborted)
+                .grpc_code(),
+            GrpcCode::Aborted
+        );
+        // The builders leave the kind, status and hint as they were.
+        let plain = r("custom", 503);
+        let dressed = plain.with_detail("x").with_grpc_code(GrpcCode::Aborted);
+        assert_eq!(dressed.kind(), plain.kind());
+        assert_eq!(dressed.status(), plain.status());
+        assert_eq!(dressed.retry_after(), plain.retry_after());
     }
 
     #[test]
