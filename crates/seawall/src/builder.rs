@@ -34,6 +34,13 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     fn rejection_response(self) -> ServiceBuilder<Stack<crate::http::RejectionResponseLayer, L>>;
 
+    /// Turns the errors of the services below into `tonic::Status`, so a
+    /// tonic client sees `Code::Unavailable` for an open breaker; see
+    /// [`RejectionStatusLayer`](crate::grpc::RejectionStatusLayer).
+    #[cfg(feature = "tonic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    fn rejection_status(self) -> ServiceBuilder<Stack<crate::grpc::RejectionStatusLayer, L>>;
+
     /// Runs the handler once per `Idempotency-Key` and replays its response to
     /// repeats; see [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer).
     #[cfg(feature = "idempotency")]
@@ -93,6 +100,11 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "http")]
     fn rejection_response(self) -> ServiceBuilder<Stack<crate::http::RejectionResponseLayer, L>> {
         self.layer(crate::http::RejectionResponseLayer::new())
+    }
+
+    #[cfg(feature = "tonic")]
+    fn rejection_status(self) -> ServiceBuilder<Stack<crate::grpc::RejectionStatusLayer, L>> {
+        self.layer(crate::grpc::RejectionStatusLayer::new())
     }
 
     #[cfg(feature = "idempotency")]

@@ -43,7 +43,8 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `http` (default) | [`http::RejectionResponseLayer`] |
+//! | `http` (default) | [`http::RejectionResponseLayer`] (problem+json, trailers-only gRPC answers), [`grpc::error_response`] |
+//! | `tonic` | `grpc::to_status`, `grpc::into_status`, `grpc::RejectionStatusLayer`: seawall rejections as `tonic::Status` |
 //! | `circuit-breaker` | `seawall::circuit_breaker` (`CircuitBreakerLayer`, keyed breakers) |
 //! | `retry` | `seawall::retry` (`JitterRetryLayer`, `RetryBudget`) |
 //! | `bulkhead` | `seawall::bulkhead` (`BulkheadLayer`, adaptive limits) |
@@ -63,13 +64,18 @@ mod builder;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod grpc;
+
 pub use builder::ServiceBuilderExt;
 
 /// The shared vocabulary: outcomes, classifiers, rejections, hints, events.
 pub use seawall_core as core;
 pub use seawall_core::{
-    BoxError, Classify, ConfigError, ErrorsFail, Event, GrpcClassifier, HttpClassifier, Listener,
-    NoopListener, Outcome, Rejected, Rejection,
+    And, BoxError, Classify, ClassifyExt, ConfigError, ErrorChain, ErrorsFail, Event,
+    GrpcClassifier, GrpcCode, HttpClassifier, IgnoreErrors, IgnoreRejections, Listener,
+    NoopListener, Not, Or, Outcome, Rejected, Rejection,
 };
 
 #[cfg(feature = "circuit-breaker")]

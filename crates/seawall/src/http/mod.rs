@@ -6,7 +6,7 @@
 //! timeout becomes 504, anything else 500; the body is an
 //! `application/problem+json` document (RFC 9457).
 
-mod problem;
+pub(crate) mod problem;
 mod rejection_response;
 
 pub use problem::{error_response, PROBLEM_JSON};

@@ -4,22 +4,33 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::Response;
+use http::{Request, Response};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use seawall_core::BoxError;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::error_response;
+use super::problem::Answer;
 
-/// Turns the errors of the inner service into HTTP responses.
+/// Turns the errors of the inner service into HTTP responses, or gRPC
+/// answers for gRPC requests.
 ///
 /// The resulting service's error type is [`Infallible`], so it mounts on an
 /// axum `Router` directly (`Router::route_service`, or as a layer) without
-/// `HandleErrorLayer`. See [`error_response`] for the mapping: a seawall
-/// rejection keeps its status and `Retry-After`, timeouts are 504, anything
-/// else is 500; the body is `application/problem+json`.
+/// `HandleErrorLayer`. See [`error_response`](super::error_response) for
+/// the mapping: a seawall rejection keeps its status and `Retry-After`,
+/// timeouts are 504, anything else is 500; the body is
+/// `application/problem+json` and carries seawall's own text only.
+///
+/// A request whose `content-type` starts with `application/grpc` gets a
+/// trailers-only gRPC answer instead (see
+/// [`grpc::error_response`](crate::grpc::error_response)): HTTP 200,
+/// `grpc-status` `UNAVAILABLE` for an open breaker or a full bulkhead,
+/// `RESOURCE_EXHAUSTED` for a rate limit, `DEADLINE_EXCEEDED` for a
+/// timeout, `UNKNOWN` for any other error, with `grpc-retry-pushback-ms`
+/// from the hint. A tonic client then sees the right `Code` instead of
+/// failing to read a problem document as a gRPC frame.
 ///
 /// Successful responses pass through untouched; the body type becomes
 /// [`Either`]`<B, Full<Bytes>>`, which allocates nothing on that path.
@@ -64,9 +75,9 @@ impl<S> Layer<S> for RejectionResponseLayer {
 #[derive(Debug)]
 pub struct RejectionResponse<S> {
     inner: S,
-    /// The response for an error the inner service reported from
-    /// `poll_ready`; the next call answers with it instead of calling in.
-    not_ready: Option<Response<Full<Bytes>>>,
+    /// The answer to an error the inner service reported from `poll_ready`;
+    /// the next call answers with it instead of calling in.
+    not_ready: Option<Answer>,
 }
 
 impl<S: Clone> Clone for RejectionResponse<S> {
@@ -96,9 +107,9 @@ impl<S> RejectionResponse<S> {
     }
 }
 
-impl<S, Req, B> Service<Req> for RejectionResponse<S>
+impl<S, ReqBody, B> Service<Request<ReqBody>> for RejectionResponse<S>
 where
-    S: Service<Req, Response = Response<B>>,
+    S: Service<Request<ReqBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
 {
     type Response = Response<Either<B, Full<Bytes>>>;
@@ -111,22 +122,34 @@ where
         }
         match ready!(self.inner.poll_ready(cx)) {
             Ok(()) => {}
-            Err(err) => self.not_ready = Some(error_response(&*err.into())),
+            Err(err) => self.not_ready = Some(Answer::of(&*err.into())),
         }
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let grpc = crate::grpc::is_grpc_request(req.headers());
         match self.not_ready.take() {
-            Some(res) => ResponseFuture {
-                state: State::Failed { res: Some(res) },
+            Some(answer) => ResponseFuture {
+                state: State::Failed {
+                    res: Some(respond(&answer, grpc)),
+                },
             },
             None => ResponseFuture {
                 state: State::Called {
                     future: self.inner.call(req),
+                    grpc,
                 },
             },
         }
+    }
+}
+
+fn respond(answer: &Answer, grpc: bool) -> Response<Full<Bytes>> {
+    if grpc {
+        answer.grpc_response()
+    } else {
+        answer.http_response()
     }
 }
 
@@ -141,7 +164,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Called { #[pin] future: F },
+        Called { #[pin] future: F, grpc: bool },
         Failed { res: Option<Response<Full<Bytes>>> },
     }
 }
@@ -161,9 +184,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Called { future } => Poll::Ready(Ok(match ready!(future.poll(cx)) {
+            StateProj::Called { future, grpc } => Poll::Ready(Ok(match ready!(future.poll(cx)) {
                 Ok(res) => res.map(Either::Left),
-                Err(err) => error_response(&*err.into()).map(Either::Right),
+                Err(err) => respond(&Answer::of(&*err.into()), *grpc).map(Either::Right),
             })),
             StateProj::Failed { res } => Poll::Ready(Ok(res
                 .take()
@@ -177,7 +200,7 @@ where
 #[cold]
 fn failed_twice<B>() -> Response<Either<B, Full<Bytes>>> {
     let err: BoxError = "response future polled after completion".into();
-    error_response(&*err).map(Either::Right)
+    super::error_response(&*err).map(Either::Right)
 }
 
 #[cfg(test)]
@@ -227,6 +250,53 @@ mod tests {
         fn call(&mut self, _: Request<()>) -> Self::Future {
             std::future::ready(Ok(Response::new(())))
         }
+    }
+
+    fn grpc_request() -> Request<()> {
+        Request::builder()
+            .header("content-type", "application/grpc+proto")
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_requests_get_trailers_only_answers() {
+        use http_body::Body as _;
+        let svc = ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new())
+            .timeout(Duration::from_secs(1))
+            .service_fn(|_: Request<()>| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, BoxError>(Response::new(()))
+            });
+        let res = svc.clone().oneshot(grpc_request()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(res.headers()["grpc-status"], "4");
+        assert_eq!(res.headers()["grpc-message"], "the request timed out");
+        match res.body() {
+            Either::Right(body) => assert!(body.is_end_stream(), "trailers-only: no body"),
+            Either::Left(()) => panic!("the inner service did not answer"),
+        }
+
+        // The same error for a plain HTTP request stays a problem document.
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+    }
+
+    #[tokio::test]
+    async fn poll_ready_error_answers_grpc_too() {
+        let mut svc = RejectionResponse::new(FailsReady(true));
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(grpc_request())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["grpc-status"], "14");
     }
 
     #[tokio::test]
