@@ -12,7 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::backoff::Delays;
-use crate::error::AttemptTimeout;
+use crate::error::{AttemptTimeout, DeadlineExceeded};
 use crate::event::{GiveUpReason, RetryCause, RetryEvent};
 use crate::layer::Config;
 use crate::replay::{Attempt, ReadHint, Replay, Staged};
@@ -47,8 +47,10 @@ pin_project! {
     struct Retrying<R> {
         attempt: u32,
         schedule: Option<(Delays, R)>,
-        // The attempt timeout while an attempt runs, the backoff between
-        // attempts: never both at once, so one timer serves both.
+        // While an attempt runs, its end: the attempt timeout or the
+        // deadline, whichever comes first. Between attempts, the backoff;
+        // then, while the service readies, the deadline. One phase at a
+        // time, so one timer serves them all.
         #[pin]
         timer: Sleep,
     }
@@ -57,19 +59,40 @@ pin_project! {
 impl<R> Retrying<R> {
     /// Sets the timer `after` from now, creating the retry state if needed.
     fn arm(slot: &mut Option<Pin<Box<Self>>>, after: Duration) -> Pin<&mut Self> {
+        Self::arm_at(
+            slot,
+            Instant::now().checked_add(after).unwrap_or_else(far_future),
+        )
+    }
+
+    /// Sets the timer to go off at `at`, creating the retry state if needed.
+    fn arm_at(slot: &mut Option<Pin<Box<Self>>>, at: Instant) -> Pin<&mut Self> {
         let fresh = slot.is_none();
         let retrying = slot.get_or_insert_with(|| {
             Box::pin(Retrying {
                 attempt: 1,
                 schedule: None,
-                timer: tokio::time::sleep(after),
+                timer: tokio::time::sleep_until(at),
             })
         });
         if !fresh {
-            let at = Instant::now().checked_add(after).unwrap_or_else(far_future);
             retrying.as_mut().project().timer.reset(at);
         }
         retrying.as_mut()
+    }
+}
+
+/// When an attempt starting now must end: after the attempt timeout, and
+/// never past the deadline. `None` if neither is set.
+fn attempt_end(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<Instant> {
+    match (timeout, deadline) {
+        (None, deadline) => deadline,
+        (Some(timeout), deadline) => {
+            let end = Instant::now()
+                .checked_add(timeout)
+                .unwrap_or_else(far_future);
+            Some(deadline.map_or(end, |deadline| deadline.min(end)))
+        }
     }
 }
 
@@ -105,35 +128,57 @@ where
     }
 }
 
-/// Calls the inner service; with an attempt timeout, arms the timer, which
-/// the `Calling` state then polls alongside the attempt.
+/// Calls the inner service; with an attempt timeout or a deadline, arms the
+/// timer, which the `Calling` state then polls alongside the attempt.
 #[inline]
 fn start<S: Service<Req>, Req, F, R>(
     service: &mut S,
     request: Req,
     timeout: Option<Duration>,
+    deadline: Option<Instant>,
     retrying: &mut Option<Pin<Box<Retrying<R>>>>,
 ) -> State<F, S::Future> {
-    if let Some(t) = timeout {
-        Retrying::arm(retrying, t);
+    if let Some(end) = attempt_end(timeout, deadline) {
+        Retrying::arm_at(retrying, end);
     }
     State::Calling {
         fut: service.call(request),
     }
 }
 
-/// Polls the attempt timer of a `Calling` state whose attempt is pending.
+/// Polls the attempt timer of a `Calling` state whose attempt is pending:
+/// when it goes off, the attempt failed with [`AttemptTimeout`], or, if the
+/// deadline has come, the request with [`DeadlineExceeded`].
 #[inline(never)]
 fn attempt_timer<R>(
     retrying: &mut Option<Pin<Box<Retrying<R>>>>,
+    deadline: Option<Instant>,
     cx: &mut Context<'_>,
 ) -> Poll<BoxError> {
     match retrying.as_mut() {
         Some(retrying) => {
             ready!(retrying.as_mut().project().timer.poll(cx));
-            Poll::Ready(Box::new(AttemptTimeout::new()))
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                Poll::Ready(Box::new(DeadlineExceeded::new()))
+            } else {
+                Poll::Ready(Box::new(AttemptTimeout::new()))
+            }
         }
         None => Poll::Pending,
+    }
+}
+
+/// Polls the deadline timer while the request body is read or the inner
+/// service readies: `Ready` once the deadline has passed.
+#[inline(never)]
+fn deadline_timer<R>(
+    retrying: &mut Option<Pin<Box<Retrying<R>>>>,
+    deadline: Option<Instant>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    match (retrying.as_mut(), deadline) {
+        (Some(retrying), Some(_)) => retrying.as_mut().project().timer.poll(cx),
+        _ => Poll::Pending,
     }
 }
 
@@ -163,8 +208,8 @@ where
                 let fut = service.call(request);
                 let config = config.clone();
                 let mut retrying = None;
-                if let Some(t) = config.attempt_timeout {
-                    Retrying::arm(&mut retrying, t);
+                if let Some(end) = attempt_end(config.attempt_timeout, deadline) {
+                    Retrying::arm_at(&mut retrying, end);
                 }
                 Self {
                     state: State::Calling { fut },
@@ -176,15 +221,22 @@ where
                     _req: PhantomData,
                 }
             }
-            Staged::Pending(fut) => Self {
-                state: State::Staging { fut },
-                service,
-                copy: None,
-                config: config.clone(),
-                deadline,
-                retrying: None,
-                _req: PhantomData,
-            },
+            Staged::Pending(fut) => {
+                // Reading the body counts against the deadline too.
+                let mut retrying = None;
+                if let Some(deadline) = deadline {
+                    Retrying::arm_at(&mut retrying, deadline);
+                }
+                Self {
+                    state: State::Staging { fut },
+                    service,
+                    copy: None,
+                    config: config.clone(),
+                    deadline,
+                    retrying,
+                    _req: PhantomData,
+                }
+            }
         }
     }
 }
@@ -209,8 +261,12 @@ where
         let result = match this.state.as_mut().project() {
             StateProj::Calling { fut } => match fut.poll(cx) {
                 Poll::Ready(result) => result.map_err(Into::into),
-                Poll::Pending if this.config.attempt_timeout.is_none() => return Poll::Pending,
-                Poll::Pending => Err(ready!(attempt_timer(this.retrying, cx))),
+                Poll::Pending
+                    if this.config.attempt_timeout.is_none() && this.deadline.is_none() =>
+                {
+                    return Poll::Pending
+                }
+                Poll::Pending => Err(ready!(attempt_timer(this.retrying, *this.deadline, cx))),
             },
             _ => return poll_slow(this, cx, None),
         };
@@ -251,7 +307,11 @@ where
         } else {
             match this.state.as_mut().project() {
                 StateProj::Staging { fut } => {
-                    let staged = ready!(fut.poll(cx));
+                    let Poll::Ready(staged) = fut.poll(cx) else {
+                        ready!(deadline_timer(this.retrying, *this.deadline, cx));
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(cut(this.config, 0)));
+                    };
                     match staged {
                         Ok((request, copy)) => {
                             *this.copy = copy;
@@ -260,6 +320,7 @@ where
                                 this.service,
                                 request,
                                 this.config.attempt_timeout,
+                                *this.deadline,
                                 this.retrying,
                             );
                             this.state.set(next);
@@ -273,18 +334,28 @@ where
                 }
                 StateProj::Calling { fut } => match fut.poll(cx) {
                     Poll::Ready(result) => result.map_err(Into::into),
-                    Poll::Pending if this.config.attempt_timeout.is_none() => return Poll::Pending,
-                    Poll::Pending => Err(ready!(attempt_timer(this.retrying, cx))),
+                    Poll::Pending
+                        if this.config.attempt_timeout.is_none() && this.deadline.is_none() =>
+                    {
+                        return Poll::Pending
+                    }
+                    Poll::Pending => Err(ready!(attempt_timer(this.retrying, *this.deadline, cx))),
                 },
                 StateProj::Waiting => {
                     if let Some(retrying) = this.retrying.as_mut() {
                         ready!(retrying.as_mut().project().timer.poll(cx));
                     }
-                    this.state.set(State::Readying);
+                    readying(&mut this.state, *this.deadline, this.retrying);
                     continue;
                 }
                 StateProj::Readying => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                    let Poll::Ready(ready) = this.service.poll_ready(cx) else {
+                        ready!(deadline_timer(this.retrying, *this.deadline, cx));
+                        this.state.set(State::Done);
+                        let made = this.retrying.as_ref().map_or(1, |r| r.attempt) - 1;
+                        return Poll::Ready(Err(cut(this.config, made)));
+                    };
+                    if let Err(e) = ready {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(e.into()));
                     }
@@ -298,6 +369,7 @@ where
                         this.service,
                         request,
                         this.config.attempt_timeout,
+                        *this.deadline,
                         this.retrying,
                     );
                     this.state.set(next);
@@ -323,16 +395,44 @@ where
             drop(result);
             // A zero delay (constant zero backoff) must not wait for a
             // timer tick.
-            this.state.set(if delay.is_zero() {
-                State::Readying
+            if delay.is_zero() {
+                readying(&mut this.state, *this.deadline, this.retrying);
             } else {
-                State::Waiting
-            });
+                this.state.set(State::Waiting);
+            }
         } else {
             this.state.set(State::Done);
             return Poll::Ready(result);
         }
     }
+}
+
+/// Moves to `Readying`, with the timer set to the deadline, if any, so that
+/// waiting for the inner service's readiness cannot outlast it.
+fn readying<F, SF, R>(
+    state: &mut Pin<&mut State<F, SF>>,
+    deadline: Option<Instant>,
+    retrying: &mut Option<Pin<Box<Retrying<R>>>>,
+) {
+    if let Some(deadline) = deadline {
+        Retrying::arm_at(retrying, deadline);
+    }
+    state.set(State::Readying);
+}
+
+/// The deadline passed outside an attempt (reading the body, or waiting for
+/// readiness before a retry) after `attempts` attempts: reports it and
+/// builds the error.
+#[cold]
+fn cut<P, C, L: Listener<RetryEvent>>(config: &Config<P, C, L>, attempts: u32) -> BoxError {
+    if L::ENABLED {
+        config.listener.on_event(&RetryEvent::RetriesExhausted {
+            layer: config.name.clone(),
+            attempts,
+            reason: GiveUpReason::Deadline,
+        });
+    }
+    Box::new(DeadlineExceeded::new())
 }
 
 /// Whether to retry a failed attempt: if so, the delay, with the timer set
@@ -360,6 +460,9 @@ where
         }
         None
     };
+    if matches!(result, Err(e) if e.is::<DeadlineExceeded>()) {
+        return give_up(GiveUpReason::Deadline);
+    }
     if attempt >= config.max_attempts {
         return give_up(GiveUpReason::MaxAttempts);
     }
@@ -385,9 +488,10 @@ where
     });
     let delay = schedule.next_delay(rng).max(hint.unwrap_or_default());
     if let Some(deadline) = deadline {
+        // A retry that would start at the deadline would be cut at once.
         if Instant::now()
             .checked_add(delay)
-            .is_none_or(|end| end > deadline)
+            .is_none_or(|end| end >= deadline)
         {
             return give_up(GiveUpReason::Deadline);
         }

@@ -255,15 +255,26 @@ impl<P, C, L, R> JitterRetryBuilder<P, C, L, R> {
         self
     }
 
-    /// A total time budget per request, from the call: no retry starts whose
-    /// delay would end after it (default none).
+    /// A total time budget per request, from the call (default none).
+    ///
+    /// The request ends by the deadline: each attempt runs for at most the
+    /// time left (and at most [`attempt_timeout`](Self::attempt_timeout)),
+    /// no retry starts whose backoff would end at or past the deadline (the
+    /// last failure is then returned as it is), and in HTTP mode reading the
+    /// request body and waiting for the inner service's readiness stop at
+    /// it too. A request cut short by the deadline fails with
+    /// [`DeadlineExceeded`](crate::DeadlineExceeded), a timeout (`504`
+    /// through `seawall::http::RejectionResponseLayer`).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
     }
 
     /// A timeout of each attempt; an attempt that exceeds it fails with
-    /// [`AttemptTimeout`](crate::AttemptTimeout) (default none).
+    /// [`AttemptTimeout`](crate::AttemptTimeout) (default none), and is
+    /// retried if attempts, deadline and budget allow. An attempt that
+    /// reaches the [`deadline`](Self::deadline) first fails with
+    /// [`DeadlineExceeded`](crate::DeadlineExceeded) instead.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self

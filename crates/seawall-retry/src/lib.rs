@@ -20,9 +20,14 @@
 //!   deposit a share of a token (10% by default), retries withdraw one. When
 //!   the dependency is down, retries add at most that share of load instead
 //!   of multiplying it.
-//! - **Limits** — `max_attempts` (counting the first), a total `deadline` (no
-//!   retry starts whose delay would end after it) and an optional per-attempt
-//!   timeout.
+//! - **Limits** — `max_attempts` (counting the first), a total `deadline` and
+//!   an optional per-attempt timeout. The deadline bounds the whole request:
+//!   each attempt runs for at most the time left before it (and at most the
+//!   attempt timeout), no retry starts whose backoff would end at or past it,
+//!   and reading an HTTP body or waiting for the inner service's readiness
+//!   stops at it too. A request cut by the deadline fails with
+//!   [`DeadlineExceeded`], a timeout (its source is tower's `Elapsed`, which
+//!   `seawall::http::RejectionResponseLayer` answers with `504`).
 //! - **Server hints** — `Retry-After` (seconds or HTTP-date) and
 //!   `grpc-retry-pushback-ms` set the least delay; a rejection from a seawall
 //!   layer below (an open circuit breaker, a full bulkhead) is retried only
@@ -106,8 +111,8 @@
 //! boxing, no clock read (unless a deadline is set). Budget deposits are
 //! batched per service instance (one shared atomic add per 16 calls). What
 //! only a retry needs (RNG, timer) is created, in one allocation, at the
-//! first retry; with an `attempt_timeout`, that allocation happens for every
-//! request, as its timer. See `benches/benches/retry.rs`.
+//! first retry; with an `attempt_timeout` or a `deadline`, that allocation
+//! happens for every request, as its timer. See `benches/benches/retry.rs`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
@@ -121,7 +126,7 @@ mod service;
 
 pub use backoff::{Backoff, Delays, Jitter};
 pub use budget::{RetryBudget, RetryBudgetBuilder};
-pub use error::AttemptTimeout;
+pub use error::{AttemptTimeout, DeadlineExceeded};
 pub use event::{GiveUpReason, RetryCause, RetryEvent};
 pub use future::ResponseFuture;
 pub use layer::{JitterRetryBuilder, JitterRetryLayer};
