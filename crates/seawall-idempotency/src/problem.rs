@@ -1,123 +1,86 @@
-//! The layer's own answers: RFC 9457 problem documents.
+//! The layer's own answers: RFC 9457 problem documents, written by
+//! [`seawall_core::problem`] so they match every other seawall answer member
+//! for member.
 
-use std::fmt::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::body::ResponseBody;
 
 /// The media type of the layer's own error responses.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub use seawall_core::problem::PROBLEM_JSON;
 
-/// A refusal by the layer, before or instead of the handler.
+/// A refusal by the layer, before or instead of the handler. Its texts are
+/// `&'static str`: the layer's own words, never request data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Problem {
-    pub(crate) status: StatusCode,
-    pub(crate) kind: &'static str,
-    pub(crate) detail: &'static str,
-    pub(crate) retry_after: Option<Duration>,
-}
+pub(crate) struct Problem(seawall_core::problem::Problem);
 
 impl Problem {
     pub(crate) const fn new(status: StatusCode, kind: &'static str, detail: &'static str) -> Self {
-        Self {
-            status,
-            kind,
-            detail,
-            retry_after: None,
-        }
+        Self(seawall_core::problem::Problem::new(status, kind).with_detail(detail))
     }
 
-    pub(crate) const fn retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = Some(after);
-        self
-    }
-
-    /// The same document shape as `seawall::http::error_response`: `type`,
-    /// `title`, `status`, `detail`, and the extension member `kind`.
-    pub(crate) fn body(&self) -> String {
-        let mut out = String::with_capacity(96 + self.detail.len());
-        out.push_str("{\"type\":\"about:blank\",\"title\":");
-        push_json_str(&mut out, self.status.canonical_reason().unwrap_or("Error"));
-        out.push_str(",\"status\":");
-        out.push_str(self.status.as_str());
-        out.push_str(",\"detail\":");
-        push_json_str(&mut out, self.detail);
-        out.push_str(",\"kind\":");
-        push_json_str(&mut out, self.kind);
-        out.push('}');
-        out
+    /// Adds a `Retry-After`, in whole seconds rounded up, at least 1 and at
+    /// most a day ([`seawall_core::hint::retry_after_secs`]).
+    pub(crate) const fn retry_after(self, after: Duration) -> Self {
+        Self(self.0.with_retry_after(after))
     }
 
     pub(crate) fn response<B>(&self) -> Response<ResponseBody<B>> {
-        let mut res = Response::new(ResponseBody::full(Bytes::from(self.body())));
-        *res.status_mut() = self.status;
-        res.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(after) = self.retry_after {
-            res.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
-        }
-        res
+        self.0
+            .to_response()
+            .map(|json| ResponseBody::full(Bytes::from(json)))
     }
-}
-
-/// Whole seconds, rounded up so a client never comes back early, and at
-/// least 1.
-pub(crate) fn retry_after_secs(after: Duration) -> u64 {
-    after
-        .as_secs()
-        .saturating_add(u64::from(after.subsec_nanos() > 0))
-        .max(1)
-}
-
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{CONTENT_TYPE, RETRY_AFTER};
+    use http_body_util::BodyExt;
 
-    #[test]
-    fn document_shape_and_escaping() {
+    async fn body_text(res: Response<ResponseBody<http_body_util::Empty<Bytes>>>) -> String {
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn document_shape_order_and_escaping() {
         let p = Problem::new(
             StatusCode::CONFLICT,
             "idempotency_in_flight",
             "a \"quoted\"\n\\ detail",
         )
         .retry_after(Duration::from_millis(1_500));
-        let doc: serde_json::Value = serde_json::from_str(&p.body()).unwrap();
-        assert_eq!(doc["type"], "about:blank");
-        assert_eq!(doc["title"], "Conflict");
-        assert_eq!(doc["status"], 409);
-        assert_eq!(doc["detail"], "a \"quoted\"\n\\ detail");
-        assert_eq!(doc["kind"], "idempotency_in_flight");
         let res = p.response::<http_body_util::Empty<Bytes>>();
+        assert_eq!(res.status(), StatusCode::CONFLICT);
         assert_eq!(res.headers()[CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(res.headers()[RETRY_AFTER], "2");
+        let text = body_text(res).await;
+        // The one field order shared with `seawall::http::error_response`.
+        assert_eq!(
+            text,
+            r#"{"type":"about:blank","title":"Conflict","status":409,"detail":"a \"quoted\"\u000a\\ detail","kind":"idempotency_in_flight"}"#
+        );
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["detail"], "a \"quoted\"\n\\ detail");
     }
 
     #[test]
-    fn retry_after_is_whole_seconds_at_least_one() {
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
-        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
-        assert_eq!(retry_after_secs(Duration::from_millis(3_001)), 4);
-        assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
+    fn retry_after_is_whole_seconds_at_least_one_at_most_a_day() {
+        let header = |after| {
+            Problem::new(StatusCode::CONFLICT, "k", "d")
+                .retry_after(after)
+                .response::<http_body_util::Empty<Bytes>>()
+                .headers()[RETRY_AFTER]
+                .clone()
+        };
+        assert_eq!(header(Duration::ZERO), "1");
+        assert_eq!(header(Duration::from_millis(10)), "1");
+        assert_eq!(header(Duration::from_secs(3)), "3");
+        assert_eq!(header(Duration::from_millis(3_001)), "4");
+        assert_eq!(header(Duration::MAX), "86400");
     }
 }
