@@ -37,6 +37,11 @@ impl Outcome {
 /// [`GrpcClassifier`](crate::GrpcClassifier) and by every closure
 /// `Fn(Result<&Res, &Err>) -> Outcome`.
 ///
+/// When the error is a `BoxError`, prefer the named combinators of
+/// [`ClassifyExt`] to a closure: a closure taking `&BoxError` can make the
+/// service it is in fail to compile inside `tokio::spawn` ("implementation
+/// of `FnOnce` is not general enough").
+///
 /// ```
 /// use seawall_core::{Classify, Outcome};
 ///

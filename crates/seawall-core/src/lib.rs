@@ -6,8 +6,12 @@
 //! - [`Outcome`] and [`Classify`]: one way to say whether a call succeeded,
 //!   failed, or should not count. Circuit breakers, retries, fallbacks and
 //!   adaptive limits all take a classifier. [`ErrorsFail`] (the default),
-//!   [`HttpClassifier`] and [`GrpcClassifier`] ship ready, and any closure
-//!   `Fn(Result<&Res, &Err>) -> Outcome` is a classifier too.
+//!   [`HttpClassifier`] and [`GrpcClassifier`] ship ready, and combine
+//!   through [`ClassifyExt`] ([`IgnoreRejections`], [`Or`], [`And`],
+//!   [`Not`], [`IgnoreErrors`]) into named types. Prefer them to a closure
+//!   over `&BoxError`, which can make a service unusable inside
+//!   `tokio::spawn` ("implementation of `FnOnce` is not general enough").
+//! - [`problem`]: the one writer of seawall's problem+json answers.
 //! - [`Rejection`]: what a layer's own refusal (an open breaker, a full
 //!   bulkhead) looks like from the outside: an HTTP status and a
 //!   `Retry-After` hint. [`rejection::find`] reads it back from any
@@ -24,7 +28,7 @@
 //!
 //! ```
 //! use http::{Response, StatusCode};
-//! use seawall_core::{Classify, HttpClassifier, Outcome};
+//! use seawall_core::{BoxError, Classify, ClassifyExt, HttpClassifier, Outcome};
 //!
 //! let classifier = HttpClassifier::new();
 //! let unavailable = Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).body(()).unwrap();
@@ -33,14 +37,12 @@
 //! assert_eq!(Classify::<_, std::io::Error>::classify(&classifier, Ok(&unavailable)), Outcome::Failure);
 //! assert_eq!(Classify::<_, std::io::Error>::classify(&classifier, Ok(&ok)), Outcome::Success);
 //!
-//! // Any closure is a classifier: here a 404 should not count at all.
-//! let ignore_404 = |res: Result<&Response<()>, &std::io::Error>| match res {
-//!     Ok(r) if r.status() == StatusCode::NOT_FOUND => Outcome::Ignore,
-//!     Ok(_) => Outcome::Success,
-//!     Err(_) => Outcome::Failure,
-//! };
+//! // A 404 should not count at all, nor should seawall's own refusals.
+//! let classifier = HttpClassifier::new()
+//!     .ignore(StatusCode::NOT_FOUND)
+//!     .ignore_rejections();
 //! let not_found = Response::builder().status(404).body(()).unwrap();
-//! assert_eq!(ignore_404.classify(Ok(&not_found)), Outcome::Ignore);
+//! assert_eq!(Classify::<_, BoxError>::classify(&classifier, Ok(&not_found)), Outcome::Ignore);
 //! ```
 //!
 //! # Features
@@ -69,6 +71,11 @@ pub use grpc::{GrpcClassifier, GrpcCode};
 pub use http_classify::HttpClassifier;
 pub use rejection::{Rejected, Rejection};
 pub use shared::SharedState;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// The error type every seawall layer returns: tower's boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -17,7 +17,7 @@
 //! [`Problem::of_error`] never reads an error's `Display`.
 //!
 //! A `Retry-After` header goes with a hint, in whole seconds from
-//! [`hint::retry_after_secs`](crate::hint::retry_after_secs) (rounded up,
+//! [`hint::retry_after_secs`] (rounded up,
 //! at least 1, at most a day).
 //!
 //! ```
