@@ -72,6 +72,15 @@ const QUEUED_ONE: u64 = 1 << 32;
 /// The largest limit (and queue length) the state word can count.
 pub(crate) const MAX_LIMIT: usize = (1 << 31) - 1;
 
+/// The longest duration a setting of this crate keeps: 365 days. Longer
+/// ones, up to `Duration::MAX`, are clamped to it, so that no deadline or
+/// window end computed from them can overflow.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// The longest `Retry-After` hint a refusal carries: one day, the bound
+/// seawall puts on every hint it sends (`seawall_core::hint::MAX_HINT`).
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
 #[inline]
 fn in_flight_of(state: u64) -> usize {
     (state & (QUEUED_ONE - 1)) as usize
@@ -730,8 +739,9 @@ impl PoolBuilder {
     /// How long a request may wait in the queue (default 1 s). `None` waits
     /// until a permit frees, bounded only by the queue length. The wait uses
     /// Tokio's timer, so queued requests need a runtime with time enabled.
+    /// A wait longer than 365 days is clamped to 365 days.
     pub fn max_wait(mut self, wait: impl Into<Option<Duration>>) -> Self {
-        self.max_wait = wait.into();
+        self.max_wait = wait.into().map(|wait| wait.min(MAX_DURATION));
         self
     }
 
@@ -750,9 +760,12 @@ impl PoolBuilder {
         self
     }
 
-    /// The `Retry-After` hint of refusals (default 1 s; `None` for no hint).
+    /// The `Retry-After` hint of refusals (default 1 s; `None` or zero for
+    /// no hint). A hint longer than one day is clamped to one day, so that
+    /// whoever turns it into a header or a deadline cannot overflow:
+    /// `retry_after(Duration::MAX)` refuses with a one-day hint.
     pub fn retry_after(mut self, after: impl Into<Option<Duration>>) -> Self {
-        self.retry_after = after.into();
+        self.retry_after = after.into().map(|after| after.min(MAX_RETRY_AFTER));
         self
     }
 

@@ -16,6 +16,11 @@ use crate::service::JitterRetry;
 
 const LAYER: &str = "retry";
 
+/// The longest duration a setting of this crate keeps: 365 days. Longer ones,
+/// up to `Duration::MAX`, are clamped to it (a backoff longer than it is
+/// refused), so that no deadline or timer computed from them can overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// Retries failed requests with jittered backoff, within a budget, a deadline
 /// and the server's hints. See the [crate docs](crate).
 ///
@@ -236,7 +241,8 @@ impl<P, C, L, R> JitterRetryBuilder<P, C, L, R> {
         self
     }
 
-    /// The backoff schedule (default exponential from 100 ms).
+    /// The backoff schedule (default exponential from 100 ms). A base delay
+    /// longer than 365 days is refused by [`build`](Self::build).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -249,9 +255,9 @@ impl<P, C, L, R> JitterRetryBuilder<P, C, L, R> {
     }
 
     /// The cap of every delay (default 10 s). A server hint longer than this
-    /// ends retrying.
+    /// ends retrying. A cap longer than 365 days is clamped to 365 days.
     pub fn max_delay(mut self, cap: Duration) -> Self {
-        self.max_delay = cap;
+        self.max_delay = cap.min(MAX_DURATION);
         self
     }
 
@@ -264,9 +270,10 @@ impl<P, C, L, R> JitterRetryBuilder<P, C, L, R> {
     /// request body and waiting for the inner service's readiness stop at
     /// it too. A request cut short by the deadline fails with
     /// [`DeadlineExceeded`](crate::DeadlineExceeded), a timeout (`504`
-    /// through `seawall::http::RejectionResponseLayer`).
+    /// through `seawall::http::RejectionResponseLayer`). A deadline longer
+    /// than 365 days is clamped to 365 days.
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
+        self.deadline = Some(deadline.min(MAX_DURATION));
         self
     }
 
@@ -274,9 +281,10 @@ impl<P, C, L, R> JitterRetryBuilder<P, C, L, R> {
     /// [`AttemptTimeout`](crate::AttemptTimeout) (default none), and is
     /// retried if attempts, deadline and budget allow. An attempt that
     /// reaches the [`deadline`](Self::deadline) first fails with
-    /// [`DeadlineExceeded`](crate::DeadlineExceeded) instead.
+    /// [`DeadlineExceeded`](crate::DeadlineExceeded) instead. A timeout
+    /// longer than 365 days is clamped to 365 days.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt_timeout = Some(timeout);
+        self.attempt_timeout = Some(timeout.min(MAX_DURATION));
         self
     }
 
@@ -403,6 +411,16 @@ impl<P, C, L, R> JitterRetryBuilder<P, C, L, R> {
                 ));
             }
         }
+        if self.backoff.base() > MAX_DURATION {
+            return Err(ConfigError::new(
+                LAYER,
+                "backoff",
+                format!(
+                    "base delay must be at most 365 days, got {:?}",
+                    self.backoff.base()
+                ),
+            ));
+        }
         if self.max_delay < self.backoff.base() {
             return Err(ConfigError::new(
                 LAYER,
@@ -484,6 +502,18 @@ mod tests {
             field(JitterRetryLayer::builder().attempt_timeout(Duration::ZERO)),
             "attempt_timeout"
         );
+        assert_eq!(
+            field(JitterRetryLayer::builder().backoff(Backoff::constant(Duration::MAX))),
+            "backoff"
+        );
+        assert_eq!(
+            field(
+                JitterRetryLayer::builder()
+                    .backoff(Backoff::exponential(MAX_DURATION + Duration::from_nanos(1)))
+                    .max_delay(Duration::MAX)
+            ),
+            "backoff"
+        );
         let err = JitterRetryLayer::builder()
             .max_attempts(0)
             .build()
@@ -491,6 +521,30 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("invalid retry config: `max_attempts`"));
+    }
+
+    #[test]
+    fn absurd_durations_are_clamped_to_a_year() {
+        let layer = JitterRetryLayer::builder()
+            .backoff(Backoff::constant(MAX_DURATION))
+            .max_delay(Duration::MAX)
+            .deadline(Duration::MAX)
+            .attempt_timeout(Duration::MAX)
+            .build()
+            .unwrap();
+        assert_eq!(layer.config.max_delay, MAX_DURATION);
+        assert_eq!(layer.config.deadline, Some(MAX_DURATION));
+        assert_eq!(layer.config.attempt_timeout, Some(MAX_DURATION));
+        assert_eq!(MAX_DURATION, Duration::from_secs(365 * 86_400));
+        let sane = JitterRetryLayer::builder()
+            .max_delay(Duration::from_secs(3))
+            .deadline(Duration::from_secs(5))
+            .attempt_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert_eq!(sane.config.max_delay, Duration::from_secs(3));
+        assert_eq!(sane.config.deadline, Some(Duration::from_secs(5)));
+        assert_eq!(sane.config.attempt_timeout, Some(Duration::from_secs(1)));
     }
 
     #[test]

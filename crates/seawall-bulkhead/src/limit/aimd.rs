@@ -100,9 +100,10 @@ impl AimdBuilder {
         self
     }
 
-    /// Calls slower than this count as drops (default 5 s).
+    /// Calls slower than this count as drops (default 5 s; longer than 365
+    /// days is clamped to 365 days).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = timeout.min(crate::pool::MAX_DURATION);
         self
     }
 

@@ -4,6 +4,7 @@ use seawall_core::ConfigError;
 use tokio::time::Instant;
 
 use super::{AdaptiveLimit, Sample, LAYER};
+use crate::pool::MAX_DURATION;
 
 /// Feeds another limit one aggregate sample per time window instead of one
 /// per call (Netflix's `WindowedLimit`).
@@ -132,15 +133,17 @@ pub struct WindowedBuilder<L> {
 }
 
 impl<L: AdaptiveLimit> WindowedBuilder<L> {
-    /// The shortest window (default 1 s).
+    /// The shortest window (default 1 s; longer than 365 days is clamped to
+    /// 365 days).
     pub fn min_window(mut self, d: Duration) -> Self {
-        self.min_window = d;
+        self.min_window = d.min(MAX_DURATION);
         self
     }
 
-    /// The longest window (default 1 s).
+    /// The longest window (default 1 s; longer than 365 days is clamped to
+    /// 365 days).
     pub fn max_window(mut self, d: Duration) -> Self {
-        self.max_window = d;
+        self.max_window = d.min(MAX_DURATION);
         self
     }
 
@@ -150,9 +153,10 @@ impl<L: AdaptiveLimit> WindowedBuilder<L> {
         self
     }
 
-    /// Calls faster than this are ignored (default 100 µs).
+    /// Calls faster than this are ignored (default 100 µs; longer than 365
+    /// days is clamped to 365 days).
     pub fn min_rtt(mut self, d: Duration) -> Self {
-        self.min_rtt = d;
+        self.min_rtt = d.min(MAX_DURATION);
         self
     }
 
