@@ -52,6 +52,7 @@
 //! | `idempotency` | `seawall::idempotency` (`IdempotencyLayer`, `MemoryStore`) |
 //! | `redis` | the idempotency layer's `RedisStore` |
 //! | `postgres` | the idempotency layer's `PostgresStore` |
+//! | `chaos` | `seawall::chaos` (`ChaosLayer`: seeded, scheduled fault injection) |
 //! | `tracing` | [`core::event::TracingListener`] |
 //! | `metrics` | [`core::event::MetricsListener`] |
 //! | `full` | all of the above |
@@ -102,3 +103,8 @@ pub use seawall_fallback as fallback;
 #[cfg_attr(docsrs, doc(cfg(feature = "idempotency")))]
 #[doc(inline)]
 pub use seawall_idempotency as idempotency;
+
+#[cfg(feature = "chaos")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+#[doc(inline)]
+pub use seawall_chaos as chaos;
