@@ -1,5 +1,6 @@
 //! Outcomes and classifiers: the one way seawall decides whether a call failed.
 
+use std::any::Any;
 use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
@@ -90,77 +91,39 @@ impl<Res, Err> Classify<Res, Err> for ErrorsFail {
     }
 }
 
-/// An error whose source chain a classifier can read: tower's
-/// [`BoxError`](crate::BoxError) and every concrete error type.
-///
-/// The combinators that look into errors ([`IgnoreRejections`],
-/// [`IgnoreErrors`]) need it. It is implemented for the boxed `dyn Error`
-/// types (what every seawall layer returns), [`std::io::Error`] and
-/// [`Infallible`](std::convert::Infallible); implement it for your own error
-/// type in one line:
-///
-/// ```
-/// use std::error::Error;
-/// use seawall_core::classify::ErrorChain;
-///
-/// #[derive(Debug)]
-/// struct MyError;
-/// impl std::fmt::Display for MyError {
-///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-///         f.write_str("my error")
-///     }
-/// }
-/// impl Error for MyError {}
-/// impl ErrorChain for MyError {
-///     fn as_error(&self) -> &(dyn Error + 'static) {
-///         self
-///     }
-/// }
-/// ```
-pub trait ErrorChain {
-    /// The error as a trait object, to walk its source chain.
-    fn as_error(&self) -> &(dyn Error + 'static);
-}
-
-impl ErrorChain for std::io::Error {
-    #[inline]
-    fn as_error(&self) -> &(dyn Error + 'static) {
-        self
+/// The error as a trait object, if it is one of the boxed `dyn Error` types
+/// (what every seawall layer and tower middleware returns), `std::io::Error`
+/// or [`Rejected`](crate::Rejected). A `TypeId` comparison or three: only failed calls pay it.
+fn boxed_error<E: 'static>(err: &E) -> Option<&(dyn Error + 'static)> {
+    let any = err as &dyn Any;
+    if let Some(b) = any.downcast_ref::<Box<dyn Error + Send + Sync>>() {
+        return Some(&**b);
     }
-}
-
-impl ErrorChain for std::convert::Infallible {
-    #[inline]
-    fn as_error(&self) -> &(dyn Error + 'static) {
-        self
+    if let Some(b) = any.downcast_ref::<Box<dyn Error + Send>>() {
+        return Some(&**b);
     }
-}
-
-impl ErrorChain for Box<dyn Error + Send + Sync + 'static> {
-    #[inline]
-    fn as_error(&self) -> &(dyn Error + 'static) {
-        &**self
+    if let Some(b) = any.downcast_ref::<Box<dyn Error>>() {
+        return Some(&**b);
     }
-}
-
-impl ErrorChain for Box<dyn Error + Send + 'static> {
-    #[inline]
-    fn as_error(&self) -> &(dyn Error + 'static) {
-        &**self
+    if let Some(e) = any.downcast_ref::<std::io::Error>() {
+        return Some(e);
     }
-}
-
-impl ErrorChain for Box<dyn Error + 'static> {
-    #[inline]
-    fn as_error(&self) -> &(dyn Error + 'static) {
-        &**self
+    if let Some(e) = any.downcast_ref::<crate::Rejected>() {
+        return Some(e);
     }
+    None
 }
 
 /// Seawall's own refusals say nothing about the dependency's health: an
 /// `Err` holding a seawall [`Rejection`](crate::Rejection) (a full bulkhead,
 /// an inner breaker, a rate limit) is [`Outcome::Ignore`]; everything else
 /// is classified by the inner classifier.
+///
+/// The error is searched when it is a boxed `dyn Error` (tower's and
+/// seawall's `BoxError`, which every seawall layer returns), through its
+/// whole source chain. Any other error type (a `tonic::transport::Error`, a
+/// `hyper` error) cannot hold a seawall rejection and goes to the inner
+/// classifier, so the combinator works over any error type.
 ///
 /// Made by [`ClassifyExt::ignore_rejections`]. Unlike a closure over
 /// `&BoxError`, a named classifier keeps the service `Send` for any
@@ -196,12 +159,12 @@ impl<C> IgnoreRejections<C> {
 impl<C, Res, Err> Classify<Res, Err> for IgnoreRejections<C>
 where
     C: Classify<Res, Err>,
-    Err: ErrorChain,
+    Err: 'static,
 {
     #[inline]
     fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
         if let Err(err) = result {
-            if crate::rejection::is_rejection(err.as_error()) {
+            if boxed_error(err).is_some_and(crate::rejection::is_rejection) {
                 return Outcome::Ignore;
             }
         }
@@ -209,9 +172,9 @@ where
     }
 }
 
-/// An `Err` with an error of type `T` anywhere in its source chain is
-/// [`Outcome::Ignore`]; everything else is classified by the inner
-/// classifier.
+/// An `Err` that is a `T`, or a boxed `dyn Error` with a `T` anywhere in its
+/// source chain, is [`Outcome::Ignore`]; everything else is classified by
+/// the inner classifier.
 ///
 /// Made by [`ClassifyExt::ignore_errors`].
 ///
@@ -272,12 +235,15 @@ impl<T, C, Res, Err> Classify<Res, Err> for IgnoreErrors<T, C>
 where
     T: Error + 'static,
     C: Classify<Res, Err>,
-    Err: ErrorChain,
+    Err: 'static,
 {
     #[inline]
     fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
         if let Err(err) = result {
-            let mut current = Some(err.as_error());
+            if (err as &dyn Any).is::<T>() {
+                return Outcome::Ignore;
+            }
+            let mut current = boxed_error(err);
             while let Some(e) = current {
                 if e.is::<T>() {
                     return Outcome::Ignore;
@@ -577,6 +543,17 @@ mod tests {
             Classify::<(), _>::classify(&ErrorsFail.ignore_rejections(), Err(&io)),
             Outcome::Failure
         );
+        // Any error type works: a concrete one that holds no rejection goes
+        // to the inner classifier, a bare `Rejected` is ignored.
+        assert_eq!(
+            Classify::<(), _>::classify(&ErrorsFail.ignore_rejections(), Err(&fmt::Error)),
+            Outcome::Failure
+        );
+        let bare = Rejected::new("circuit_open", StatusCode::SERVICE_UNAVAILABLE, None);
+        assert_eq!(
+            Classify::<(), _>::classify(&ErrorsFail.ignore_rejections(), Err(&bare)),
+            Outcome::Ignore
+        );
     }
 
     #[test]
@@ -594,6 +571,16 @@ mod tests {
             Outcome::Success
         );
         assert!(format!("{c:?}").contains("io::error::Error"));
+        // The error type itself, unboxed.
+        let fmt_ignored = ErrorsFail.ignore_errors::<fmt::Error>();
+        assert_eq!(
+            Classify::<(), _>::classify(&fmt_ignored, Err(&fmt::Error)),
+            Outcome::Ignore
+        );
+        assert_eq!(
+            Classify::<(), _>::classify(&fmt_ignored, Err(&std::io::Error::other("x"))),
+            Outcome::Failure
+        );
     }
 
     #[test]

@@ -62,8 +62,7 @@ pub mod rejection;
 mod shared;
 
 pub use classify::{
-    And, Classify, ClassifyExt, ErrorChain, ErrorsFail, IgnoreErrors, IgnoreRejections, Not, Or,
-    Outcome,
+    And, Classify, ClassifyExt, ErrorsFail, IgnoreErrors, IgnoreRejections, Not, Or, Outcome,
 };
 pub use config::ConfigError;
 pub use event::{Event, Listener, NoopListener};

@@ -74,7 +74,7 @@ pub use builder::ServiceBuilderExt;
 /// The shared vocabulary: outcomes, classifiers, rejections, hints, events.
 pub use seawall_core as core;
 pub use seawall_core::{
-    And, BoxError, Classify, ClassifyExt, ConfigError, ErrorChain, ErrorsFail, Event,
+    And, BoxError, Classify, ClassifyExt, ConfigError, ErrorsFail, Event,
     GrpcClassifier, GrpcCode, HttpClassifier, IgnoreErrors, IgnoreRejections, Listener,
     NoopListener, Not, Or, Outcome, Rejected, Rejection,
 };
