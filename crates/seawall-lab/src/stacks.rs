@@ -1,0 +1,269 @@
+//! The competing client stacks, built with the same settings
+//! ([`ClientSettings`]) around the same simulated dependency.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use seawall_bulkhead::BulkheadLayer;
+use seawall_circuit_breaker::{CircuitBreakerEvent, CircuitBreakerLayer, EventKind, State};
+use seawall_core::event::FnListener;
+use seawall_core::BoxError;
+use seawall_fallback::FallbackLayer;
+use seawall_retry::{Backoff, Jitter, JitterRetryLayer, RetryBudget};
+use serde::Serialize;
+use tokio::time::sleep;
+use tower::limit::ConcurrencyLimitLayer;
+use tower::retry::{Policy, RetryLayer};
+use tower::timeout::TimeoutLayer;
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::recorder::Recorder;
+use crate::scenario::ClientSettings;
+use crate::upstream::{Call, Reply, SimService};
+
+/// A client stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StackKind {
+    /// Calls the dependency directly: no timeout, no retry, no limit.
+    None,
+    /// tower's built-ins: total timeout → `tower::retry` (3 attempts,
+    /// exponential backoff with full jitter, no budget) → `ConcurrencyLimit`
+    /// → per-attempt timeout.
+    Tower,
+    /// tower-resilience 0.13 as its composition guide stacks it: total
+    /// timeout → its retry (3 attempts, 100 ms exponential) → its circuit
+    /// breaker (50% over 100 calls, open 5 s) → its bulkhead → per-attempt
+    /// timeout.
+    TowerResilience,
+    /// seawall: fallback → retry with budget → circuit breaker → bulkhead →
+    /// per-attempt timeout.
+    Seawall,
+}
+
+impl StackKind {
+    /// Every stack, in table order.
+    pub const ALL: [StackKind; 4] = [
+        StackKind::None,
+        StackKind::Tower,
+        StackKind::TowerResilience,
+        StackKind::Seawall,
+    ];
+
+    /// The name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            StackKind::None => "no resilience",
+            StackKind::Tower => "tower built-ins",
+            StackKind::TowerResilience => "tower-resilience",
+            StackKind::Seawall => "seawall",
+        }
+    }
+}
+
+impl fmt::Display for StackKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Builds one stack instance (one client, one route) around `inner`.
+/// `breaker_index` identifies the seawall breaker in the recorder.
+pub fn build(
+    kind: StackKind,
+    settings: &ClientSettings,
+    inner: SimService,
+    recorder: &Recorder,
+    breaker_index: usize,
+    seed: u64,
+) -> Result<SimService, BoxError> {
+    Ok(match kind {
+        StackKind::None => inner,
+        StackKind::Tower => tower_stack(settings, inner, seed),
+        StackKind::TowerResilience => tower_resilience_stack(settings, inner)?,
+        StackKind::Seawall => seawall_stack(settings, inner, recorder, breaker_index, seed)?,
+    })
+}
+
+fn tower_stack(s: &ClientSettings, inner: SimService, seed: u64) -> SimService {
+    let policy = Attempts {
+        left: s.max_attempts.saturating_sub(1),
+        done: 0,
+        base: Duration::from_millis(50),
+        seed,
+    };
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::new(s.total_timeout.0))
+            .layer(RetryLayer::new(policy))
+            .layer(ConcurrencyLimitLayer::new(s.concurrency))
+            .layer(TimeoutLayer::new(s.attempt_timeout.0))
+            .service(inner),
+    )
+}
+
+/// The retry policy most tower users write: a number of attempts with
+/// exponential backoff and full jitter, retrying every error.
+#[derive(Debug, Clone)]
+struct Attempts {
+    left: u32,
+    done: u32,
+    base: Duration,
+    seed: u64,
+}
+
+impl Policy<Call, Reply, BoxError> for Attempts {
+    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    fn retry(
+        &mut self,
+        req: &mut Call,
+        result: &mut Result<Reply, BoxError>,
+    ) -> Option<Self::Future> {
+        if result.is_ok() || self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        self.done += 1;
+        // Full jitter (Brooker): uniform in [0, base * 2^n), from a hash of
+        // the request and attempt so runs are reproducible.
+        let cap = self.base.as_secs_f64() * f64::from(1_u32 << self.done.min(10));
+        let unit = splitmix(self.seed ^ req.id.wrapping_mul(31) ^ u64::from(self.done)) as f64
+            / u64::MAX as f64;
+        let delay = Duration::from_secs_f64(cap * unit);
+        Some(Box::pin(sleep(delay)))
+    }
+
+    fn clone_request(&mut self, req: &Call) -> Option<Call> {
+        Some(*req)
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A tower-resilience error turned into a `BoxError` (its layers nest
+/// their errors generically, so a stack needs this between layers).
+#[derive(Debug)]
+struct Refused(String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn tower_resilience_stack(s: &ClientSettings, inner: SimService) -> Result<SimService, BoxError> {
+    use tower_resilience::bulkhead::{BulkheadLayer as TrBulkhead, BulkheadServiceError};
+    use tower_resilience::circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer as TrBreaker};
+    use tower_resilience::retry::RetryLayer as TrRetry;
+
+    let bulkhead = TrBulkhead::builder()
+        .max_concurrent_calls(s.concurrency)
+        .max_wait_duration(s.queue_wait.0)
+        .build()
+        .map_err(|e| Refused(e.to_string()))?;
+    let breaker = TrBreaker::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .minimum_number_of_calls(20)
+        .wait_duration_in_open(s.breaker_open.0)
+        .build()
+        .map_err(|e| Refused(e.to_string()))?;
+    let retry = TrRetry::<Call, Reply, BoxError>::builder()
+        .max_attempts(s.max_attempts as usize)
+        .exponential_backoff(Duration::from_millis(100))
+        .build();
+
+    let timed = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(s.attempt_timeout.0))
+        .service(inner);
+    let bulkheaded = ServiceBuilder::new()
+        .map_err(|e: BulkheadServiceError<BoxError>| -> BoxError {
+            match e {
+                BulkheadServiceError::Inner(e) => e,
+                BulkheadServiceError::Bulkhead(b) => Box::new(Refused(b.to_string())),
+            }
+        })
+        .layer(bulkhead)
+        .service(timed);
+    let broken = ServiceBuilder::new()
+        .map_err(|e: CircuitBreakerError<BoxError>| -> BoxError {
+            match e {
+                CircuitBreakerError::Inner(e) => e,
+                other => Box::new(Refused(other.to_string())),
+            }
+        })
+        .layer(breaker)
+        .service(bulkheaded);
+    Ok(BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::new(s.total_timeout.0))
+            .layer(retry)
+            .service(broken),
+    ))
+}
+
+fn seawall_stack(
+    s: &ClientSettings,
+    inner: SimService,
+    recorder: &Recorder,
+    breaker_index: usize,
+    seed: u64,
+) -> Result<SimService, BoxError> {
+    let fallback = FallbackLayer::builder()
+        .name("lab")
+        .value(Reply { degraded: true })
+        .build()?;
+    let retry = JitterRetryLayer::builder()
+        .name("lab")
+        .max_attempts(s.max_attempts)
+        .backoff(Backoff::exponential(Duration::from_millis(50)))
+        .jitter(Jitter::Decorrelated)
+        .max_delay(Duration::from_secs(1))
+        .deadline(s.total_timeout.0)
+        .budget(RetryBudget::new())
+        .seed(seed ^ breaker_index as u64)
+        .build()?;
+    let events = recorder.clone();
+    let breaker = CircuitBreakerLayer::builder()
+        .name("lab")
+        .time_window(Duration::from_secs(10), 10)
+        .minimum_calls(20)
+        .failure_rate_threshold(0.5)
+        .open_duration(s.breaker_open.0)
+        .half_open_probes(1)
+        .listener(FnListener::new(move |e: &CircuitBreakerEvent| {
+            if let EventKind::StateTransition { to, .. } = *e.kind() {
+                events.breaker(breaker_index, !matches!(to, State::Closed | State::Disabled));
+            }
+        }))
+        .build()?;
+    let bulkhead = BulkheadLayer::builder()
+        .name("lab")
+        .max_concurrent(s.concurrency)
+        .max_queue(s.concurrency)
+        .max_wait(s.queue_wait.0)
+        .build()?;
+    let stack = ServiceBuilder::new()
+        .layer(fallback)
+        .layer(retry)
+        .layer(breaker)
+        .layer(bulkhead)
+        .layer(TimeoutLayer::new(s.attempt_timeout.0))
+        .service(inner);
+    Ok(BoxCloneService::new(stack.map_request(|mut call: Call| {
+        // seawall's client names each POST so a retry can be recognised.
+        call.idempotency_key = call.post;
+        call
+    })))
+}

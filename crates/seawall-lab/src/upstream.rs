@@ -1,0 +1,344 @@
+//! The simulated dependency: a server with a fixed number of workers and a
+//! FIFO queue in front of them, a fault injector, and a lossy link.
+//!
+//! ```text
+//! client stack ─▶ pool ─▶ link (attempt counted, responses lost)
+//!                           ─▶ injector (errors, hangs, added latency)
+//!                             ─▶ [IdempotencyLayer] ─▶ handler (queue, workers, side effect)
+//! ```
+//!
+//! The handler runs detached from the caller: a caller that times out
+//! abandons the call, but the server still spends a worker on it, as a real
+//! server does. That is what makes retries of timed-out calls expensive.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use rand::rngs::SmallRng;
+use rand::Rng;
+use seawall_core::BoxError;
+use seawall_idempotency::{IdempotencyLayer, RequestBody};
+use tokio::sync::Semaphore;
+use tokio::time::{sleep, sleep_until, Instant};
+use tower::util::BoxCloneService;
+use tower::{Layer, ServiceExt};
+
+use crate::dist;
+use crate::recorder::Recorder;
+use crate::scenario::{Fault, Latency, Upstream as UpstreamSpec};
+
+/// One request as the simulation sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    /// Logical request number (retries keep it).
+    pub id: u64,
+    /// The upstream it goes to.
+    pub route: usize,
+    /// A `POST` that creates something.
+    pub post: bool,
+    /// The client attached an `Idempotency-Key` (derived from `id`).
+    pub idempotency_key: bool,
+}
+
+/// An answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// Served by a fallback, not by the dependency.
+    pub degraded: bool,
+}
+
+/// A service in the simulation.
+pub type SimService = BoxCloneService<Call, Reply, BoxError>;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// An error of the simulated dependency or link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamError(&'static str);
+
+impl UpstreamError {
+    /// The dependency answered `503`.
+    pub const UNAVAILABLE: Self = Self("upstream answered 503");
+    /// The response was lost on the way back.
+    pub const RESET: Self = Self("connection reset by peer");
+    /// The dependency refused the request (e.g. `409`, `422`).
+    pub const REFUSED: Self = Self("upstream refused the request");
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+/// Puts the fault schedule of an upstream in front of its server. The lab's
+/// own [`WindowInjector`] implements it; a chaos layer can too.
+pub trait Injector: Send + Sync {
+    /// Wraps the server of upstream `spec`.
+    fn wrap(&self, spec: &UpstreamSpec, seed: u64, route: usize, server: SimService)
+        -> SimService;
+}
+
+/// The lab's own injector: the `[[upstream.fault]]` windows, drawn from a
+/// seeded generator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WindowInjector;
+
+impl Injector for WindowInjector {
+    fn wrap(
+        &self,
+        spec: &UpstreamSpec,
+        seed: u64,
+        route: usize,
+        server: SimService,
+    ) -> SimService {
+        let faults: Arc<[Fault]> = spec.fault.clone().into();
+        let rng = Arc::new(Mutex::new(dist::rng(seed, 100 + route as u64)));
+        let start = Instant::now();
+        let svc = tower::service_fn(move |call: Call| {
+            let at = Instant::now() - start;
+            let active = faults.iter().find(|f| f.start.0 <= at && at < f.end.0);
+            let (fail, hang, spike) = active.map_or((None, false, Duration::ZERO), |f| {
+                let mut rng = rng.lock().unwrap_or_else(PoisonError::into_inner);
+                let u: f64 = rng.random();
+                let spike = if rng.random::<f64>() < f.spike_rate {
+                    f.spike.0
+                } else {
+                    Duration::ZERO
+                };
+                let fail = (u < f.error_rate).then_some(f.error_latency.0);
+                let hang = !fail.is_some() && u < f.error_rate + f.hang_rate;
+                (fail, hang, spike)
+            });
+            let server = server.clone();
+            async move {
+                if let Some(after) = fail {
+                    sleep(after).await;
+                    return Err(BoxError::from(UpstreamError::UNAVAILABLE));
+                }
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                if !spike.is_zero() {
+                    sleep(spike).await;
+                }
+                server.oneshot(call).await
+            }
+        });
+        BoxCloneService::new(svc)
+    }
+}
+
+/// Builds the upstreams of a scenario for one run. Must be called inside
+/// the run's runtime (it schedules the capacity changes).
+#[derive(Debug)]
+pub struct UpstreamSet {
+    services: Vec<SimService>,
+}
+
+impl UpstreamSet {
+    /// One service per upstream. With `idempotent`, `POST`s carrying a key
+    /// reach the handler through seawall's `IdempotencyLayer`.
+    pub fn build(
+        specs: &[UpstreamSpec],
+        seed: u64,
+        recorder: &Recorder,
+        injector: &dyn Injector,
+        idempotent: bool,
+    ) -> Self {
+        let services = specs
+            .iter()
+            .enumerate()
+            .map(|(route, spec)| {
+                let server = server(spec, seed, route, recorder, idempotent);
+                let faulty = injector.wrap(spec, seed, route, server);
+                link(spec, seed, route, recorder, faulty)
+            })
+            .collect();
+        Self { services }
+    }
+
+    /// The service of upstream `route`.
+    pub fn route(&self, route: usize) -> SimService {
+        self.services[route].clone()
+    }
+}
+
+/// The link: counts the attempt (in flight until answered or abandoned)
+/// and loses responses in the fault windows.
+fn link(
+    spec: &UpstreamSpec,
+    seed: u64,
+    route: usize,
+    recorder: &Recorder,
+    inner: SimService,
+) -> SimService {
+    let faults: Arc<[Fault]> = spec.fault.clone().into();
+    let rng = Arc::new(Mutex::new(dist::rng(seed, 200 + route as u64)));
+    let recorder = recorder.clone();
+    let start = Instant::now();
+    BoxCloneService::new(tower::service_fn(move |call: Call| {
+        let guard = recorder.attempt(route);
+        let at = Instant::now() - start;
+        let lose = faults
+            .iter()
+            .find(|f| f.start.0 <= at && at < f.end.0)
+            .is_some_and(|f| {
+                let mut rng = rng.lock().unwrap_or_else(PoisonError::into_inner);
+                rng.random::<f64>() < f.lose_response_rate
+            });
+        let inner = inner.clone();
+        async move {
+            let result = inner.oneshot(call).await;
+            drop(guard);
+            match result {
+                Ok(_) if lose => Err(UpstreamError::RESET.into()),
+                other => other,
+            }
+        }
+    }))
+}
+
+#[derive(Debug)]
+struct Workers {
+    slots: Semaphore,
+    latency: Latency,
+    rng: Mutex<SmallRng>,
+    recorder: Recorder,
+}
+
+impl Workers {
+    /// Waits for a worker, works, and records the side effect of a `POST`.
+    async fn work(&self, call: Call) -> Result<(), BoxError> {
+        let _slot = self.slots.acquire().await?;
+        let service_time = {
+            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            self.latency.sample(&mut rng)
+        };
+        sleep(service_time).await;
+        if call.post {
+            self.recorder.execute(call.id);
+        }
+        Ok(())
+    }
+}
+
+fn server(
+    spec: &UpstreamSpec,
+    seed: u64,
+    route: usize,
+    recorder: &Recorder,
+    idempotent: bool,
+) -> SimService {
+    let workers = Arc::new(Workers {
+        slots: Semaphore::new(spec.capacity),
+        latency: spec.latency,
+        rng: Mutex::new(dist::rng(seed, 300 + route as u64)),
+        recorder: recorder.clone(),
+    });
+    // A struggling dependency: while a window lowers the capacity, a task
+    // holds the missing workers.
+    let start = Instant::now();
+    for fault in &spec.fault {
+        if let Some(capacity) = fault.capacity {
+            let missing = (spec.capacity - capacity) as u32;
+            let workers = workers.clone();
+            let (from, to) = (start + fault.start.0, start + fault.end.0);
+            tokio::spawn(async move {
+                sleep_until(from).await;
+                if let Ok(held) = workers.slots.acquire_many(missing).await {
+                    sleep_until(to).await;
+                    drop(held);
+                }
+            });
+        }
+    }
+    let detached = {
+        let workers = workers.clone();
+        move |call: Call| -> BoxFuture<Result<Reply, BoxError>> {
+            // Detached: the server finishes the work even if the caller
+            // has gone.
+            let workers = workers.clone();
+            let task = tokio::spawn(async move { workers.work(call).await });
+            Box::pin(async move {
+                task.await??;
+                Ok(Reply { degraded: false })
+            })
+        }
+    };
+    if !idempotent {
+        return BoxCloneService::new(tower::service_fn(detached));
+    }
+    let handler = {
+        let workers = workers.clone();
+        tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+            let workers = workers.clone();
+            let call = req.extensions().get::<Call>().copied();
+            async move {
+                // The handler's error type is concrete: a closure error
+                // type of `BoxError` would not be provably `Send` here.
+                let worked = match call {
+                    Some(call) => workers.work(call).await.is_ok(),
+                    None => false,
+                };
+                let status = if worked {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                let mut res = Response::new(Full::new(Bytes::new()));
+                *res.status_mut() = status;
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        })
+    };
+    // The layer's settings are fixed and valid.
+    let layer = IdempotencyLayer::builder()
+        .name("orders")
+        .build()
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    let idempotency = layer.layer(handler);
+    BoxCloneService::new(tower::service_fn(move |call: Call| {
+        if !(call.post && call.idempotency_key) {
+            return detached(call);
+        }
+        let svc = idempotency.clone();
+        Box::pin(async move {
+            let mut req = Request::post("/orders")
+                .header("idempotency-key", format!("\"order-{}\"", call.id))
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| -> BoxError { Box::new(e) })?;
+            req.extensions_mut().insert(call);
+            let res = svc.oneshot(req).await?;
+            if res.status().is_success() {
+                Ok(Reply { degraded: false })
+            } else if res.status().is_server_error() {
+                Err(UpstreamError::UNAVAILABLE.into())
+            } else {
+                Err(UpstreamError::REFUSED.into())
+            }
+        })
+    }))
+}
+
+/// Wraps a route's service in the client's connection pool: a call waits
+/// for one of `pool` connections shared by every route of the client.
+pub fn pooled(pool: Option<Arc<Semaphore>>, inner: SimService) -> SimService {
+    let Some(pool) = pool else { return inner };
+    BoxCloneService::new(tower::service_fn(move |call: Call| {
+        let pool = pool.clone();
+        let inner = inner.clone();
+        async move {
+            let _connection = pool.acquire_owned().await?;
+            inner.oneshot(call).await
+        }
+    }))
+}
