@@ -44,6 +44,7 @@ pub(crate) struct Config {
     pub(crate) open: OpenDuration,
     pub(crate) probes: u32,
     pub(crate) max_half_open_wait: Duration,
+    pub(crate) count_inner_rejections: bool,
 }
 
 /// Why the breaker tripped.
@@ -138,7 +139,11 @@ impl Breaker {
             WindowConfig::Count(size) => Window::Count(CountWindow::new(size)),
             WindowConfig::Time { duration, buckets } => {
                 let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-                Window::Time(TimeWindow::new(buckets, nanos / buckets.max(1) as u64))
+                Window::Time(TimeWindow::new(
+                    buckets,
+                    nanos / buckets.max(1) as u64,
+                    cfg.slow_call_duration.is_some(),
+                ))
             }
         };
         let now = Instant::now();
@@ -171,6 +176,12 @@ impl Breaker {
     #[inline]
     fn window(&self) -> &Window {
         &self.windows[self.active.load(Ordering::Relaxed) & 1]
+    }
+
+    /// Whether a seawall rejection raised inside the breaker counts as a
+    /// failure (see `Builder::count_inner_rejections`).
+    pub(crate) fn counts_inner_rejections(&self) -> bool {
+        self.cfg.count_inner_rejections
     }
 
     pub(crate) fn name(&self) -> &Arc<str> {
@@ -378,6 +389,19 @@ impl Breaker {
             }
             0
         };
+        if self.trip_rule(counts, consecutive).is_some() {
+            self.confirm_trip(ticket, window, now, consecutive);
+        }
+    }
+
+    /// Trips only if the window's consistent snapshot agrees with the
+    /// counts the recording returned (for a time window those can miss
+    /// calls recorded late into older slices, and a judgement must never
+    /// see a rate the window does not hold).
+    #[cold]
+    #[inline(never)]
+    fn confirm_trip(&self, ticket: &Ticket, window: &Window, now: u64, consecutive: u64) {
+        let counts = window.confirm(now);
         if let Some(trip) = self.trip_rule(counts, consecutive) {
             self.transition(ticket.word, State::Open, Some(trip));
         }
@@ -572,6 +596,7 @@ mod tests {
             open: OpenDuration::fixed(Duration::from_secs(1)),
             probes: 1,
             max_half_open_wait: Duration::from_secs(1),
+            count_inner_rejections: false,
         }
     }
 

@@ -2,12 +2,13 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use seawall_core::{BoxError, Classify, SharedState};
+use seawall_core::{rejection, BoxError, Classify, Outcome, SharedState};
 
 use crate::breaker::Ticket;
 use crate::error::CircuitOpen;
@@ -32,7 +33,7 @@ impl<C> Permit<C> {
     }
 
     #[inline]
-    fn finish<Res, Err>(&mut self, result: Result<&Res, &Err>)
+    fn succeeded<Res, Err>(&mut self, response: &Res)
     where
         C: Classify<Res, Err>,
     {
@@ -41,9 +42,54 @@ impl<C> Permit<C> {
         }
         // Classify first: if the classifier panics, the permit is dropped
         // unrecorded and a probe gives its slot back.
-        let outcome = self.shared.classifier.classify(result);
+        let outcome = self.shared.classifier.classify(Ok(response));
+        self.record(outcome);
+    }
+
+    /// The classifier's verdict on an error, if the permit still has to
+    /// record one. If the classifier panics, the permit is dropped
+    /// unrecorded and a probe gives its slot back.
+    fn classify_error<Res, Err>(&self, err: &Err) -> Option<Outcome>
+    where
+        C: Classify<Res, Err>,
+    {
+        (!self.recorded).then(|| self.shared.classifier.classify(Err(err)))
+    }
+
+    /// Records an error. A seawall rejection raised inside the breaker (a
+    /// full bulkhead, a rate limit, an inner breaker) says nothing about the
+    /// dependency, which it never reached: it is ignored unless the layer
+    /// was built with `count_inner_rejections(true)`, which makes it a
+    /// failure whatever the classifier said.
+    fn failed(&mut self, classified: Option<Outcome>, boxed: &BoxError) {
+        let Some(classified) = classified else {
+            return;
+        };
+        let outcome = if rejection::find(&**boxed).is_some() {
+            if self.shared.breaker.counts_inner_rejections() {
+                Outcome::Failure
+            } else {
+                Outcome::Ignore
+            }
+        } else {
+            classified
+        };
+        self.record(outcome);
+    }
+
+    #[inline]
+    fn record(&mut self, outcome: Outcome) {
         self.recorded = true;
         self.shared.breaker.record(&self.ticket, outcome);
+    }
+
+    /// The inner call panicked: the dependency failed.
+    #[cold]
+    #[inline(never)]
+    fn panicked(&mut self) {
+        if !self.recorded {
+            self.record(Outcome::Failure);
+        }
     }
 }
 
@@ -131,6 +177,22 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     }
 }
 
+#[cold]
+#[inline(never)]
+fn fail<C, T, E>(permit: &mut Permit<C>, err: E) -> BoxError
+where
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    // `Into<BoxError>` consumes the error, so the classifier sees it first;
+    // the rejection check then looks at the boxed form, which is returned
+    // anyway.
+    let classified = permit.classify_error::<T, E>(&err);
+    let boxed: BoxError = err.into();
+    permit.failed(classified, &boxed);
+    boxed
+}
+
 impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
@@ -142,9 +204,22 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { future, permit } => {
-                let result = ready!(future.poll(cx));
-                permit.finish(result.as_ref());
-                Poll::Ready(result.map_err(Into::into))
+                // A panicking inner call is a failure of the dependency:
+                // record it, then let the panic go on.
+                let polled = match panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(polled) => polled,
+                    Err(payload) => {
+                        permit.panicked();
+                        panic::resume_unwind(payload)
+                    }
+                };
+                match ready!(polled) {
+                    Ok(response) => {
+                        permit.succeeded::<T, E>(&response);
+                        Poll::Ready(Ok(response))
+                    }
+                    Err(err) => Poll::Ready(Err(fail(permit, err))),
+                }
             }
             KindProj::Rejected { retry_after } => {
                 Poll::Ready(Err(Box::new(CircuitOpen::new(*retry_after))))

@@ -167,6 +167,7 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
 /// | [`open_duration`](Self::open_duration) | 30 s, fixed |
 /// | [`half_open_probes`](Self::half_open_probes) | 1 |
 /// | [`max_half_open_wait`](Self::max_half_open_wait) | 60 s |
+/// | [`count_inner_rejections`](Self::count_inner_rejections) | `false` |
 /// | [`classifier`](Self::classifier) | [`ErrorsFail`] |
 /// | [`listener`](Self::listener) | [`NoopListener`] |
 /// | [`key_capacity`](Self::key_capacity) (keyed) | 1024 |
@@ -186,6 +187,7 @@ pub struct Builder<C = ErrorsFail, L = NoopListener> {
     open: OpenDuration,
     probes: u32,
     max_half_open_wait: Duration,
+    count_inner_rejections: bool,
     key_capacity: usize,
     key_idle_timeout: Duration,
     classifier: C,
@@ -205,6 +207,7 @@ impl<C: fmt::Debug, L: fmt::Debug> fmt::Debug for Builder<C, L> {
             .field("open", &self.open)
             .field("probes", &self.probes)
             .field("max_half_open_wait", &self.max_half_open_wait)
+            .field("count_inner_rejections", &self.count_inner_rejections)
             .field("key_capacity", &self.key_capacity)
             .field("key_idle_timeout", &self.key_idle_timeout)
             .field("classifier", &self.classifier)
@@ -233,6 +236,7 @@ impl Builder {
             open: OpenDuration::fixed(Duration::from_secs(30)),
             probes: 1,
             max_half_open_wait: Duration::from_secs(60),
+            count_inner_rejections: false,
             key_capacity: 1024,
             key_idle_timeout: Duration::from_secs(600),
             classifier: ErrorsFail,
@@ -317,6 +321,35 @@ impl<C, L> Builder<C, L> {
         self
     }
 
+    /// Whether a seawall rejection raised *inside* the breaker counts as a
+    /// failure of the dependency (default `false`).
+    ///
+    /// A layer below the breaker that refuses a call (a full or timed-out
+    /// bulkhead, a rate limit, an inner breaker: any error in which
+    /// [`seawall_core::rejection::find`] finds a rejection) never reached
+    /// the dependency, so by default its refusal is ignored: it counts
+    /// neither as a failure nor as a success, does not reset the run of
+    /// consecutive failures, and a half-open probe refused that way gives
+    /// its slot back (it says nothing about the dependency, so the next
+    /// caller probes instead). With `true`, such a refusal is a failure
+    /// whatever the classifier says.
+    ///
+    /// ```
+    /// use seawall_circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// // The bulkhead below is part of the dependency's capacity: treat its
+    /// // refusals as the dependency being overloaded.
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .count_inner_rejections(true)
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), seawall_core::ConfigError>(())
+    /// ```
+    pub fn count_inner_rejections(mut self, count: bool) -> Self {
+        self.count_inner_rejections = count;
+        self
+    }
+
     /// Keyed mode: the most breakers kept at once. No breaker is evicted
     /// while there is room; when full, a new key takes the place of an idle
     /// breaker first, else of the least recently used one of its shard (the
@@ -345,6 +378,7 @@ impl<C, L> Builder<C, L> {
             open: self.open,
             probes: self.probes,
             max_half_open_wait: self.max_half_open_wait,
+            count_inner_rejections: self.count_inner_rejections,
             key_capacity: self.key_capacity,
             key_idle_timeout: self.key_idle_timeout,
             classifier,
@@ -365,6 +399,7 @@ impl<C, L> Builder<C, L> {
             open: self.open,
             probes: self.probes,
             max_half_open_wait: self.max_half_open_wait,
+            count_inner_rejections: self.count_inner_rejections,
             key_capacity: self.key_capacity,
             key_idle_timeout: self.key_idle_timeout,
             classifier: self.classifier,
@@ -474,6 +509,7 @@ impl<C, L> Builder<C, L> {
             open: self.open,
             probes: self.probes,
             max_half_open_wait: self.max_half_open_wait,
+            count_inner_rejections: self.count_inner_rejections,
         }
     }
 }

@@ -6,7 +6,9 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::sync::{fence, lock, AtomicU64, Mutex};
 
 /// Keeps a hot atomic on its own cache line pair so that writers of one
 /// counter do not evict readers of another (adjacent-line prefetch makes 128
@@ -28,6 +30,14 @@ pub(crate) struct Counts {
     pub(crate) calls: u64,
     pub(crate) failures: u64,
     pub(crate) slow: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.calls += other.calls;
+        self.failures += other.failures;
+        self.slow += other.slow;
+    }
 }
 
 /// The largest count window: three counts of up to this size, plus the
@@ -165,50 +175,212 @@ impl CountWindow {
     }
 }
 
-// A time bucket word: lap (4 bits) | slow (20) | failures (20) | calls (20).
-const B20: u32 = 20;
-const MASK20: u64 = (1 << B20) - 1;
-const LAP_SHIFT: u32 = 60;
-const LAP_MASK: u64 = 0xF;
-/// The most calls one time bucket counts; beyond it calls of that bucket are
-/// not recorded, which keeps the rates of the bucket as they were.
-pub(crate) const MAX_BUCKET_CALLS: u64 = MASK20;
+// A time bucket counts calls in the low half of a word and failures (or
+// slow calls) in the high half, so one `fetch_add` records a call and its
+// outcome together and one load reads a consistent pair.
+const LOW32: u64 = (1 << 32) - 1;
+/// When a bucket word's calls reach this, its counts are carried into the
+/// bucket's wide counters, long before the 32-bit halves could overflow.
+pub(crate) const CARRY_AT: u64 = 1 << 31;
+/// The slice of a bucket that holds none.
+const NO_SLICE: u64 = u64::MAX;
 
-const fn bucket_add(failed: bool, slow: bool) -> u64 {
-    1 | ((failed as u64) << B20) | ((slow as u64) << (2 * B20))
+const fn pair(flag: bool) -> u64 {
+    1 | ((flag as u64) << 32)
 }
 
-const fn bucket_lap(word: u64) -> u64 {
-    word >> LAP_SHIFT
+const fn calls_of(word: u64) -> u64 {
+    word & LOW32
 }
 
-const fn bucket_counts(word: u64) -> Counts {
-    Counts {
-        calls: word & MASK20,
-        failures: (word >> B20) & MASK20,
-        slow: (word >> (2 * B20)) & MASK20,
+const fn flagged_of(word: u64) -> u64 {
+    word >> 32
+}
+
+/// One slice of a time window.
+///
+/// `slice` is the full slice number (never a lap modulo anything), so a
+/// bucket left untouched for any number of laps can never pass for a fresh
+/// one. `seq` is odd while the bucket is being reset or its words carried
+/// into the wide counters; those changes happen only under the window's
+/// lock, and readers that need the whole bucket at once retry around them
+/// like a seqlock. Recording a call takes no part in it: it is one
+/// `fetch_add` per word.
+#[derive(Debug)]
+struct Bucket {
+    seq: AtomicU64,
+    slice: AtomicU64,
+    /// calls | failures << 32.
+    failed: AtomicU64,
+    /// calls | slow calls << 32 (only when slow calls are detected).
+    slow: AtomicU64,
+    /// Counts carried out of the words: calls and failures, calls and slow.
+    carried: [AtomicU64; 4],
+}
+
+impl Bucket {
+    fn new() -> Self {
+        Self {
+            seq: AtomicU64::new(0),
+            slice: AtomicU64::new(NO_SLICE),
+            failed: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+            carried: [
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+            ],
+        }
+    }
+
+    /// The bucket's slice and counts, read as one snapshot. `None` while a
+    /// reset or carry is under way.
+    fn try_read(&self) -> Option<(u64, Counts)> {
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq & 1 == 1 {
+            return None;
+        }
+        let slice = self.slice.load(Ordering::Relaxed);
+        // The slow word first: a writer adds to it after the failure word,
+        // so its calls never run ahead of the failure word's.
+        let slow = self.slow.load(Ordering::Acquire);
+        let failed = self.failed.load(Ordering::Acquire);
+        let carried = [
+            self.carried[0].load(Ordering::Relaxed),
+            self.carried[1].load(Ordering::Relaxed),
+            self.carried[2].load(Ordering::Relaxed),
+            self.carried[3].load(Ordering::Relaxed),
+        ];
+        fence(Ordering::Acquire);
+        if self.seq.load(Ordering::Relaxed) != seq {
+            return None;
+        }
+        let calls = calls_of(failed) + carried[0];
+        let failures = flagged_of(failed) + carried[1];
+        // A writer stalled across a reset can leave its slow half in the
+        // new slice without its failure half: never let slow outrun calls.
+        let slow = (flagged_of(slow) + carried[3]).min(calls);
+        Some((
+            slice,
+            Counts {
+                calls,
+                failures,
+                slow,
+            },
+        ))
+    }
+
+    /// Starts a writer-exclusive change (caller holds the window's lock).
+    fn begin(&self) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+    }
+
+    fn end(&self) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Gives the bucket to `slice`, empty (caller holds the window's lock).
+    fn reset(&self, slice: u64) {
+        self.begin();
+        self.slice.store(slice, Ordering::Relaxed);
+        self.failed.store(0, Ordering::Relaxed);
+        self.slow.store(0, Ordering::Relaxed);
+        for c in &self.carried {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.end();
+    }
+
+    /// Moves the words' counts into the wide counters (caller holds the
+    /// window's lock). A `swap` takes every add made before it; adds made
+    /// after it land in the emptied word: none is lost or counted twice.
+    fn carry(&self) {
+        self.begin();
+        let failed = self.failed.swap(0, Ordering::AcqRel);
+        let slow = self.slow.swap(0, Ordering::AcqRel);
+        let add = [
+            calls_of(failed),
+            flagged_of(failed),
+            calls_of(slow),
+            flagged_of(slow),
+        ];
+        for (c, n) in self.carried.iter().zip(add) {
+            c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        }
+        self.end();
+    }
+}
+
+/// The totals of the slices before the newest one, summed when the newest
+/// one was opened; `head` is that newest slice. Written under the window's
+/// lock, read like a seqlock.
+#[derive(Debug)]
+struct Closed {
+    seq: AtomicU64,
+    head: AtomicU64,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
+}
+
+impl Closed {
+    fn read(&self) -> Option<(u64, Counts)> {
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq & 1 == 1 {
+            return None;
+        }
+        let head = self.head.load(Ordering::Relaxed);
+        let counts = Counts {
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            slow: self.slow.load(Ordering::Relaxed),
+        };
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == seq).then_some((head, counts))
+    }
+
+    fn write(&self, head: u64, c: Counts) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.head.store(head, Ordering::Relaxed);
+        self.calls.store(c.calls, Ordering::Relaxed);
+        self.failures.store(c.failures, Ordering::Relaxed);
+        self.slow.store(c.slow, Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 }
 
 /// The outcomes of the last `buckets × bucket width` of time.
 ///
 /// Time is cut into slices of one bucket width; slice `s` lives in bucket
-/// `s % buckets`, tagged with its lap `s / buckets` (mod 16). A writer adds
-/// to its bucket with one CAS, or resets it when the tag shows an older lap.
-/// When a writer is the first of a new slice it also sweeps every bucket
-/// that does not hold one of the window's slices, so a bucket's tag only has
-/// to tell the current lap from the one before. A reader sums the buckets whose
-/// lap matches the slice they should hold: O(buckets), a constant, however
-/// many calls the window holds.
+/// `s % buckets`, which is tagged with `s` in full. A call is recorded with
+/// one `fetch_add` on its bucket's word (two with slow-call detection): no
+/// compare-and-swap, and a call and its outcome land together, so a bucket
+/// never shows more failures than calls. Counts are 32-bit halves carried
+/// into 64-bit counters at 2³¹, so no number of calls saturates a bucket.
 ///
-/// Running totals mirror the buckets (whoever changes a bucket applies the
-/// same change to them), so a writer judges the window with three loads
-/// instead of a scan; right after its own sweep they equal the scan.
+/// Opening a new slice (once per bucket width) and giving a bucket to a new
+/// slice take the window's lock; the opener sums the other slices of the
+/// window once, so a writer judges the window from that sum and its own
+/// bucket's word, in O(1). That sum misses calls recorded late into older
+/// slices, so it only *triggers* a judgement: a trip is confirmed by
+/// [`TimeWindow::counts`], which reads every bucket as a consistent
+/// snapshot and counts only the slices of the window (see the breaker).
+///
+/// A call whose writer stalls for a whole window between reading its
+/// bucket's tag and adding lands in the slice that holds the bucket by
+/// then: it is counted as recorded when it lands.
 pub(crate) struct TimeWindow {
-    head: Padded<AtomicU64>,
-    totals: Padded<[AtomicU64; 3]>,
+    closed: Padded<Closed>,
+    lock: Mutex<()>,
     bucket_nanos: u64,
-    buckets: Box<[Padded<AtomicU64>]>,
+    track_slow: bool,
+    buckets: Box<[Padded<Bucket>]>,
 }
 
 impl fmt::Debug for TimeWindow {
@@ -221,14 +393,19 @@ impl fmt::Debug for TimeWindow {
 }
 
 impl TimeWindow {
-    pub(crate) fn new(buckets: usize, bucket_nanos: u64) -> Self {
+    pub(crate) fn new(buckets: usize, bucket_nanos: u64, track_slow: bool) -> Self {
         Self {
-            head: Padded(AtomicU64::new(0)),
-            totals: Padded([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
+            closed: Padded(Closed {
+                seq: AtomicU64::new(0),
+                head: AtomicU64::new(NO_SLICE),
+                calls: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                slow: AtomicU64::new(0),
+            }),
+            lock: Mutex::new(()),
             bucket_nanos: bucket_nanos.max(1),
-            buckets: (0..buckets.max(1))
-                .map(|_| Padded(AtomicU64::new(0)))
-                .collect(),
+            track_slow,
+            buckets: (0..buckets.max(1)).map(|_| Padded(Bucket::new())).collect(),
         }
     }
 
@@ -236,177 +413,161 @@ impl TimeWindow {
         self.buckets.len() as u64
     }
 
-    /// Applies a bucket change to the totals. Racing changes may apply out
-    /// of order, so a total can dip below zero for a moment: the fields are
-    /// wrapping and read back as signed.
-    #[inline]
-    fn adjust(&self, plus: Counts, minus: Counts) {
-        let fields = [
-            (plus.calls, minus.calls),
-            (plus.failures, minus.failures),
-            (plus.slow, minus.slow),
-        ];
-        for (total, (p, m)) in self.totals.iter().zip(fields) {
-            if p != m {
-                total.fetch_add(p.wrapping_sub(m), Ordering::Relaxed);
-            }
-        }
+    fn bucket(&self, slice: u64) -> &Bucket {
+        &self.buckets[(slice % self.len()) as usize]
     }
 
-    fn totals(&self) -> Counts {
-        let read = |i: usize| (self.totals[i].load(Ordering::Relaxed) as i64).max(0) as u64;
-        Counts {
-            calls: read(0),
-            failures: read(1),
-            slow: read(2),
-        }
-    }
-
-    fn lap(&self, slice: u64) -> u64 {
-        (slice / self.len()) & LAP_MASK
-    }
-
-    /// The latest slice not after `slice` that lives in bucket `j`, if any.
-    fn slice_of_bucket(&self, slice: u64, j: u64) -> Option<u64> {
-        let back = (slice % self.len() + self.len() - j) % self.len();
-        slice.checked_sub(back)
-    }
-
-    /// Empties every bucket that does not hold one of the slices ending at
-    /// `slice`, now that the head moved there from `previous`.
-    ///
-    /// A bucket whose slice is after `previous` cannot hold data of that
-    /// slice written before the head moved (writers move the head first), so
-    /// it is emptied whatever its tag says: after an idle gap of a multiple
-    /// of 16 laps its stale tag would match. A racing writer of a slice
-    /// between `previous` and `slice` may lose its call to this; a stale
-    /// bucket is never counted as fresh.
-    ///
-    /// A sweeper whose `slice` is no longer the head stops: a later slice's
-    /// writer has taken over. The head is read after the bucket, so a bucket
-    /// filled by that writer is either seen with the newer head (stop) or
-    /// changes under the CAS (which then fails).
-    fn sweep(&self, slice: u64, previous: u64) {
-        for (j, bucket) in self.buckets.iter().enumerate() {
-            let Some(owner) = self.slice_of_bucket(slice, j as u64) else {
-                continue;
-            };
-            let empty = self.lap(owner) << LAP_SHIFT;
-            let cur = bucket.load(Ordering::Acquire);
-            if self.head.load(Ordering::Acquire) != slice {
-                return;
-            }
-            let stale = if owner > previous {
-                cur != empty
-            } else {
-                bucket_lap(cur) != self.lap(owner)
-            };
-            if stale {
-                // Losing this CAS means a writer of the current lap got
-                // there first, which is all the sweep wants.
-                if bucket
-                    .compare_exchange(cur, empty, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    self.adjust(Counts::default(), bucket_counts(cur));
-                }
-            }
-        }
-    }
-
+    /// Records one call finished at `now_nanos` and returns the window's
+    /// counts as a trigger for judgement: exact unless calls were recorded
+    /// late into older slices (see [`TimeWindow`]).
     #[inline]
     pub(crate) fn record(&self, now_nanos: u64, failed: bool, slow: bool) -> Counts {
         let slice = now_nanos / self.bucket_nanos;
-        let mut head = self.head.load(Ordering::Acquire);
-        while slice > head {
-            match self
-                .head
-                .compare_exchange_weak(head, slice, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(previous) => {
-                    self.sweep(slice, previous);
-                    head = slice;
+        if let Some((head, closed)) = self.closed.read() {
+            let bucket = self.bucket(slice);
+            if head == slice && bucket.slice.load(Ordering::Acquire) == slice {
+                let (own, full) = self.add(bucket, failed, slow);
+                if full {
+                    self.carry(bucket);
                 }
-                Err(actual) => head = actual,
+                return Counts {
+                    calls: closed.calls + own.calls,
+                    failures: closed.failures + own.failures,
+                    slow: closed.slow + own.slow,
+                };
             }
         }
-        if slice + self.len() > head {
-            self.add(slice, failed, slow);
-        }
-        self.totals()
+        self.record_slow(slice, failed, slow)
     }
 
-    /// Adds one call to the bucket of `slice`. Every writer moves the head
-    /// to its slice before it adds, so a bucket whose lap is not this
-    /// slice's holds an older slice (reset it) unless the head has since
-    /// moved a whole window past this slice (the call is too old to count).
-    fn add(&self, slice: u64, failed: bool, slow: bool) {
-        let bucket = &self.buckets[(slice % self.len()) as usize];
-        let lap = self.lap(slice);
-        let add = bucket_add(failed, slow);
-        let mut cur = bucket.load(Ordering::Acquire);
-        loop {
-            let (next, replaced) = if bucket_lap(cur) == lap {
-                if cur & MASK20 >= MAX_BUCKET_CALLS {
-                    return;
+    /// Adds one call to a bucket of the right slice; returns the bucket's
+    /// counts, carried ones included, and whether its words need carrying.
+    #[inline]
+    fn add(&self, bucket: &Bucket, failed: bool, slow: bool) -> (Counts, bool) {
+        let f = bucket.failed.fetch_add(pair(failed), Ordering::AcqRel) + pair(failed);
+        let mut own = Counts {
+            calls: calls_of(f),
+            failures: flagged_of(f),
+            slow: 0,
+        };
+        let mut full = own.calls >= CARRY_AT;
+        if self.track_slow {
+            let s = bucket.slow.fetch_add(pair(slow), Ordering::AcqRel) + pair(slow);
+            own.slow = flagged_of(s).min(own.calls);
+            full |= calls_of(s) >= CARRY_AT;
+        }
+        let carried = bucket.carried[0].load(Ordering::Relaxed);
+        if carried != 0 {
+            own.calls += carried;
+            own.failures += bucket.carried[1].load(Ordering::Relaxed);
+            own.slow = (own.slow + bucket.carried[3].load(Ordering::Relaxed)).min(own.calls);
+        }
+        (own, full)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn carry(&self, bucket: &Bucket) {
+        let _guard = lock(&self.lock);
+        if calls_of(bucket.failed.load(Ordering::Acquire)) >= CARRY_AT
+            || calls_of(bucket.slow.load(Ordering::Acquire)) >= CARRY_AT
+        {
+            bucket.carry();
+        }
+    }
+
+    /// A call of a slice that is not the open one, or whose bucket has not
+    /// been given to it yet: opens the slice, gives the bucket, or drops a
+    /// call too old to count, under the lock.
+    #[cold]
+    #[inline(never)]
+    fn record_slow(&self, slice: u64, failed: bool, slow: bool) -> Counts {
+        let guard = lock(&self.lock);
+        let head = self.closed.head.load(Ordering::Relaxed);
+        if head == NO_SLICE || slice > head {
+            // Open the slice: sum the rest of its window once.
+            let mut closed = Counts::default();
+            let first = slice.saturating_sub(self.len() - 1);
+            for bucket in &*self.buckets {
+                // Under the lock no reset or carry is under way.
+                if let Some((s, c)) = bucket.try_read() {
+                    if s != NO_SLICE && s >= first && s < slice {
+                        closed.add(c);
+                    }
                 }
-                (cur + add, Counts::default())
-            } else if slice + self.len() <= self.head.load(Ordering::Acquire) {
-                return;
-            } else {
-                ((lap << LAP_SHIFT) | add, bucket_counts(cur))
-            };
-            match bucket.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    self.adjust(bucket_counts(add), replaced);
-                    return;
-                }
-                Err(actual) => cur = actual,
             }
+            self.closed.write(slice, closed);
+        } else if slice + self.len() <= head {
+            // Older than the window: it must never count.
+            drop(guard);
+            return self.counts_at(head);
         }
+        let bucket = self.bucket(slice);
+        let tag = bucket.slice.load(Ordering::Acquire);
+        if tag == NO_SLICE || tag < slice {
+            bucket.reset(slice);
+        } else if tag > slice {
+            // The bucket already holds a slice a whole window later.
+            drop(guard);
+            return self.counts_at(head.max(slice));
+        }
+        if self.add(bucket, failed, slow).1 {
+            bucket.carry();
+        }
+        let head = self.closed.head.load(Ordering::Relaxed);
+        drop(guard);
+        self.counts_at(head)
     }
 
+    /// Every call of the window ending at `now_nanos`, each bucket read as
+    /// one consistent snapshot and only the window's slices counted: O(buckets).
     pub(crate) fn counts(&self, now_nanos: u64) -> Counts {
-        let head = self.head.load(Ordering::Acquire);
-        let slice = (now_nanos / self.bucket_nanos).max(head);
+        let head = self.closed.head.load(Ordering::Acquire);
+        let slice = now_nanos / self.bucket_nanos;
+        let slice = if head == NO_SLICE {
+            slice
+        } else {
+            slice.max(head)
+        };
+        self.counts_at(slice)
+    }
+
+    fn counts_at(&self, slice: u64) -> Counts {
+        let first = slice.saturating_sub(self.len() - 1);
         let mut total = Counts::default();
-        if slice >= head + self.len() {
-            return total;
-        }
-        // Buckets up to the current one hold this lap's slices, the rest the
-        // previous lap's: no division per bucket.
-        let current = (slice % self.len()) as usize;
-        let lap = self.lap(slice);
-        let previous_lap = lap.wrapping_sub(1) & LAP_MASK;
-        let has_previous_lap = slice >= self.len();
-        for (j, bucket) in self.buckets.iter().enumerate() {
-            let expected = if j <= current {
-                lap
-            } else if has_previous_lap {
-                previous_lap
-            } else {
-                continue;
-            };
-            let word = bucket.load(Ordering::Acquire);
-            if bucket_lap(word) == expected {
-                let c = bucket_counts(word);
-                total.calls += c.calls;
-                total.failures += c.failures;
-                total.slow += c.slow;
+        for bucket in &*self.buckets {
+            let (s, c) = self.read_bucket(bucket);
+            if s != NO_SLICE && s >= first && s <= slice {
+                total.add(c);
             }
         }
         total
     }
 
-    /// Empties the window the way writers change buckets (swap, then adjust
-    /// the totals by what was taken out), so racing writers cannot leave the
-    /// totals out of step with the buckets.
-    pub(crate) fn reset(&self) {
-        for bucket in &*self.buckets {
-            let old = bucket.swap(0, Ordering::AcqRel);
-            self.adjust(Counts::default(), bucket_counts(old));
+    fn read_bucket(&self, bucket: &Bucket) -> (u64, Counts) {
+        for _ in 0..64 {
+            if let Some(read) = bucket.try_read() {
+                return read;
+            }
+            std::hint::spin_loop();
         }
-        self.head.store(0, Ordering::Release);
+        // A reset or carry is under way and its holder may be descheduled:
+        // wait for it on the lock it holds.
+        loop {
+            drop(lock(&self.lock));
+            if let Some(read) = bucket.try_read() {
+                return read;
+            }
+        }
+    }
+
+    /// Empties the window (under the lock, bucket by bucket, as resets).
+    pub(crate) fn reset(&self) {
+        let _guard = lock(&self.lock);
+        for bucket in &*self.buckets {
+            bucket.reset(NO_SLICE);
+        }
+        self.closed.write(NO_SLICE, Counts::default());
     }
 }
 
@@ -428,6 +589,13 @@ impl Window {
             Window::Count(w) => w.record(failed, slow),
             Window::Time(w) => w.record(now_nanos, failed, slow),
         }
+    }
+
+    /// The counts a trip is confirmed on: one consistent snapshot of what
+    /// the window holds at `now_nanos`.
+    #[cold]
+    pub(crate) fn confirm(&self, now_nanos: u64) -> Counts {
+        self.counts(now_nanos)
     }
 
     pub(crate) fn counts(&self, now_nanos: u64) -> Counts {
@@ -541,74 +709,126 @@ mod tests {
         assert_eq!(expect.calls, 7);
     }
 
+    fn counts(calls: u64, failures: u64, slow: u64) -> Counts {
+        Counts {
+            calls,
+            failures,
+            slow,
+        }
+    }
+
     #[test]
     fn time_window_forgets_old_buckets_and_idle_gaps() {
         // 4 buckets of 10 ns: a 40 ns window.
-        let w = TimeWindow::new(4, 10);
+        let w = TimeWindow::new(4, 10, true);
         w.record(0, true, false);
         w.record(15, false, false);
-        assert_eq!(
-            w.counts(39),
-            Counts {
-                calls: 2,
-                failures: 1,
-                slow: 0
-            }
-        );
+        assert_eq!(w.counts(39), counts(2, 1, 0));
         // At 40 the bucket of slice 0 has left the window.
-        assert_eq!(
-            w.counts(40),
-            Counts {
-                calls: 1,
-                failures: 0,
-                slow: 0
-            }
-        );
-        assert_eq!(
-            w.record(41, false, true),
-            Counts {
-                calls: 2,
-                failures: 0,
-                slow: 1
-            }
-        );
-        // An idle gap of exactly 16 laps must not resurrect anything.
-        let later = 41 + 16 * 40;
-        assert_eq!(w.counts(later), Counts::default());
-        assert_eq!(
-            w.record(later, true, false),
-            Counts {
-                calls: 1,
-                failures: 1,
-                slow: 0
-            }
-        );
+        assert_eq!(w.counts(40), counts(1, 0, 0));
+        assert_eq!(w.record(41, false, true), counts(2, 0, 1));
         w.reset();
-        assert_eq!(w.counts(later), Counts::default());
+        assert_eq!(w.counts(41), Counts::default());
+        assert_eq!(w.record(41, true, false), counts(1, 1, 0));
     }
 
+    /// The old window kept each bucket's lap modulo 16, so after an idle
+    /// gap of a multiple of 16 laps a bucket's stale tag matched again.
+    /// Full slice tags never alias, whatever the gap.
     #[test]
-    fn time_window_bucket_saturates_without_skewing_rates() {
-        let w = TimeWindow::new(1, 1_000);
-        // As if MAX - 1 successes had been recorded.
-        w.buckets[0].store(MAX_BUCKET_CALLS - 1, Ordering::Relaxed);
-        w.totals[0].store(MAX_BUCKET_CALLS - 1, Ordering::Relaxed);
-        w.record(5, true, false);
-        let c = w.record(5, true, false);
-        assert_eq!(c.calls, MAX_BUCKET_CALLS);
-        assert_eq!(c.failures, 1);
-        assert_eq!(w.counts(5), c);
+    fn idle_gaps_of_any_number_of_laps_never_resurrect_old_calls() {
+        for laps in [2u64, 15, 16, 17, 32, 48, 1 << 20] {
+            let w = TimeWindow::new(4, 10, false);
+            for t in [0, 10, 20, 30] {
+                w.record(t, true, false);
+            }
+            let later = 30 + laps * 40;
+            assert_eq!(w.counts(later), Counts::default(), "{laps} laps");
+            // A call in a later lap's slice 0 sees only itself, then a call
+            // in every other bucket position sees only the new lap.
+            assert_eq!(w.record(later - 30, false, false), counts(1, 0, 0));
+            assert_eq!(w.record(later, false, false), counts(2, 0, 0));
+            assert_eq!(w.counts(later), counts(2, 0, 0), "{laps} laps");
+        }
     }
 
+    /// A call recorded late into an older slice that is still inside the
+    /// window counts; one older than the window never does, not even when
+    /// its bucket was never reused.
     #[test]
-    fn time_window_totals_mirror_the_buckets_after_racing_writers() {
-        let w = Arc::new(TimeWindow::new(5, 10));
-        let threads: Vec<_> = (0..4u64)
+    fn late_calls_count_only_inside_the_window() {
+        let w = TimeWindow::new(4, 10, false);
+        w.record(35, false, false);
+        assert_eq!(w.record(12, true, false), counts(2, 1, 0));
+        w.record(45, false, false);
+        // Slice 0 (time 5) is a whole window before slice 4.
+        assert_eq!(w.record(5, true, false), counts(3, 1, 0));
+        assert_eq!(w.counts(45), counts(3, 1, 0));
+    }
+
+    /// More than 2²⁰ calls in one bucket (the old bucket's limit, past which
+    /// failures were dropped): every one is counted.
+    #[test]
+    fn a_bucket_counts_millions_of_calls_exactly() {
+        let w = TimeWindow::new(10, 1_000_000_000, true);
+        let successes = 1_100_000u64;
+        let failures = 2_200_000u64;
+        for i in 0..successes {
+            w.record(i % 1000, false, false);
+        }
+        for i in 0..failures {
+            w.record(i % 1000, true, i % 2 == 0);
+        }
+        let c = w.counts(999);
+        assert_eq!(c, counts(successes + failures, failures, failures / 2));
+    }
+
+    /// Past 2³¹ calls a bucket's words are carried into 64-bit counters:
+    /// nothing saturates, and the rates stay exact past 2³² calls.
+    #[test]
+    fn bucket_words_carry_instead_of_saturating() {
+        let w = TimeWindow::new(2, 1_000, true);
+        w.record(0, false, false);
+        let bucket = w.bucket(0);
+        // As if CARRY_AT - 2 more successes, 7 of them slow, had been
+        // recorded, then twice more after each carry.
+        let seed = (CARRY_AT - 2) | (7 << 32);
+        let mut want = counts(1, 0, 0);
+        for round in 0..3u64 {
+            bucket.failed.fetch_add(CARRY_AT - 2, Ordering::Relaxed);
+            bucket.slow.fetch_add(seed, Ordering::Relaxed);
+            want.calls += CARRY_AT - 2;
+            want.slow += 7;
+            let got = w.record(1, true, true);
+            want.calls += 1;
+            want.failures += 1;
+            want.slow += 1;
+            assert_eq!(got, want, "round {round}");
+            assert!(calls_of(bucket.failed.load(Ordering::Relaxed)) < CARRY_AT);
+            assert_eq!(w.counts(1), want);
+        }
+        assert!(want.calls > 1 << 32);
+    }
+
+    /// Several threads record M calls, crossing many bucket boundaries, all
+    /// inside one window: the window holds exactly M, the right failures,
+    /// and its totals never show more failures than calls.
+    #[test]
+    fn racing_writers_inside_one_window_lose_nothing() {
+        const THREADS: u64 = 4;
+        const PER_THREAD: u64 = 40_000;
+        let w = Arc::new(TimeWindow::new(4096, 1, false));
+        let threads: Vec<_> = (0..THREADS)
             .map(|t| {
                 let w = w.clone();
                 std::thread::spawn(move || {
-                    for i in 0..20_000u64 {
-                        w.record(i / 7 + t, (i + t) % 3 == 0, i % 5 == 0);
+                    for i in 0..PER_THREAD {
+                        // Time moves forward through 4000 slices, each
+                        // thread at its own pace, so slices open and
+                        // buckets are handed over under every writer.
+                        let now = i * 4_000 / PER_THREAD + t;
+                        let c = w.record(now, i % 3 == 0, false);
+                        assert!(c.failures <= c.calls);
                     }
                 })
             })
@@ -616,15 +836,9 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let mut sum = Counts::default();
-        for bucket in &*w.buckets {
-            let c = bucket_counts(bucket.load(Ordering::Relaxed));
-            sum.calls += c.calls;
-            sum.failures += c.failures;
-            sum.slow += c.slow;
-        }
-        assert_eq!(w.totals(), sum);
-        assert!(sum.calls > 0);
+        let c = w.counts(4_003);
+        assert_eq!(c.calls, THREADS * PER_THREAD);
+        assert_eq!(c.failures, THREADS * PER_THREAD.div_ceil(3));
     }
 
     #[derive(Debug, Clone)]
@@ -680,7 +894,7 @@ mod tests {
 
         #[test]
         fn time_window_matches_naive_scan(buckets in 1usize..12, width in 1u64..50, steps in proptest::collection::vec(step(), 0..300)) {
-            let w = TimeWindow::new(buckets, width);
+            let w = TimeWindow::new(buckets, width, true);
             let mut now = 0u64;
             let mut log: Vec<(u64, bool, bool)> = Vec::new();
             for s in steps {
