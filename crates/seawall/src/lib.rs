@@ -53,6 +53,8 @@
 //! | `redis` | the idempotency layer's `RedisStore` |
 //! | `postgres` | the idempotency layer's `PostgresStore` |
 //! | `chaos` | `seawall::chaos` (`ChaosLayer`: seeded, scheduled fault injection) |
+//! | `circuit-breaker` + `retry` | [`stack`]: client and server presets (the server preset also needs `bulkhead`) |
+//! | `health` | [`health::HealthRegistry`]: JSON health and readiness endpoints |
 //! | `tracing` | [`core::event::TracingListener`] |
 //! | `metrics` | [`core::event::MetricsListener`] |
 //! | `full` | all of the above |
@@ -68,6 +70,14 @@ pub mod http;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod grpc;
+
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+pub mod health;
+
+#[cfg(all(feature = "circuit-breaker", feature = "retry"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "circuit-breaker", feature = "retry"))))]
+pub mod stack;
 
 pub use builder::ServiceBuilderExt;
 
