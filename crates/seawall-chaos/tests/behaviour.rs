@@ -646,3 +646,22 @@ async fn a_delayed_call_that_is_dropped_never_polls_the_inner_future() {
     assert!(err.is::<tower::timeout::error::Elapsed>());
     assert_eq!(polled.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_clone_per_call_keeps_the_rate() {
+    // axum clones the service for every request: if clones copied the RNG
+    // state, every request would get the first draw's verdict.
+    let layer = ChaosLayer::builder()
+        .seed(21)
+        .fault(Fault::error().rate(0.3))
+        .build()
+        .unwrap();
+    let svc = layer.layer(Counting::default());
+    let mut failed = 0;
+    for _ in 0..10_000 {
+        if svc.clone().oneshot(()).await.is_err() {
+            failed += 1;
+        }
+    }
+    assert!((2_862..=3_138).contains(&failed), "{failed}");
+}
