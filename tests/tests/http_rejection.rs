@@ -1,6 +1,7 @@
 //! `RejectionResponseLayer` on a real axum server over loopback: a layer's
 //! `Rejection` reaches a real HTTP client as its status, `Retry-After` and a
-//! problem+json body; an unknown error as a 500.
+//! problem+json body with seawall's own text only; an unknown error as a 500;
+//! an application error wrapping a rejection never shows its own text.
 
 use std::error::Error;
 use std::fmt;
@@ -20,11 +21,14 @@ struct Closed(Rejected);
 
 impl Closed {
     fn new() -> Self {
-        Self(Rejected::new(
-            "test_closed",
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(Duration::from_secs(7)),
-        ))
+        Self(
+            Rejected::new(
+                "test_closed",
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(Duration::from_secs(7)),
+            )
+            .with_detail("the test gate is closed"),
+        )
     }
 }
 
@@ -46,23 +50,63 @@ impl Rejection for Closed {
     }
 }
 
-/// A layer that refuses every request, either with `Closed` or with an
-/// error no seawall layer knows.
+/// An application error whose message holds secrets, wrapping whatever the
+/// layers below returned.
+#[derive(Debug)]
+struct UpstreamFailed(BoxError);
+
+impl fmt::Display for UpstreamFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "GET https://pay.example/v1/charge?api_key=sk_live_SECRET via \
+             postgres://admin:hunter2@db failed: {}",
+            self.0
+        )
+    }
+}
+
+impl Error for UpstreamFailed {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// How a [`Gate`] refuses.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// With `Closed`, a seawall rejection.
+    Known,
+    /// With an error no seawall layer knows.
+    Unknown,
+    /// With an application error that wraps `Closed`.
+    Wrapped,
+}
+
+/// A layer that refuses every request.
 #[derive(Clone, Copy)]
 struct Gate {
-    known: bool,
+    refusal: Refusal,
+}
+
+impl Gate {
+    const fn new(refusal: Refusal) -> Self {
+        Self { refusal }
+    }
 }
 
 impl<S> Layer<S> for Gate {
     type Service = GateService;
     fn layer(&self, _inner: S) -> GateService {
-        GateService { known: self.known }
+        GateService {
+            refusal: self.refusal,
+        }
     }
 }
 
 #[derive(Clone, Copy)]
 struct GateService {
-    known: bool,
+    refusal: Refusal,
 }
 
 impl<R> Service<R> for GateService {
@@ -75,10 +119,10 @@ impl<R> Service<R> for GateService {
     }
 
     fn call(&mut self, _: R) -> Self::Future {
-        let err: BoxError = if self.known {
-            Box::new(Closed::new())
-        } else {
-            "disk on fire at /var/secret".into()
+        let err: BoxError = match self.refusal {
+            Refusal::Known => Box::new(Closed::new()),
+            Refusal::Unknown => "disk on fire at /var/secret".into(),
+            Refusal::Wrapped => Box::new(UpstreamFailed(Box::new(Closed::new()))),
         };
         ready(Err(err))
     }
@@ -96,7 +140,7 @@ async fn rejection_reaches_a_real_client_as_503_with_retry_after() {
             get(hello).layer(
                 ServiceBuilder::new()
                     .rejection_response()
-                    .layer(Gate { known: true }),
+                    .layer(Gate::new(Refusal::Known)),
             ),
         )
         .route(
@@ -104,7 +148,7 @@ async fn rejection_reaches_a_real_client_as_503_with_retry_after() {
             get(hello).layer(
                 ServiceBuilder::new()
                     .rejection_response()
-                    .layer(Gate { known: false }),
+                    .layer(Gate::new(Refusal::Unknown)),
             ),
         )
         .route(
@@ -138,6 +182,38 @@ async fn rejection_reaches_a_real_client_as_503_with_retry_after() {
     let res = client.get(&server.url("/open")).await.unwrap();
     assert_eq!(res.head.status, StatusCode::OK);
     assert_eq!(&res.body[..], b"hello");
+}
+
+#[tokio::test]
+async fn wrapping_error_text_never_reaches_the_client() {
+    let router = Router::new().route(
+        "/wrapped",
+        get(hello).layer(
+            ServiceBuilder::new()
+                .rejection_response()
+                .layer(Gate::new(Refusal::Wrapped)),
+        ),
+    );
+    let server = TestServer::start(router).await.unwrap();
+    let res = TestClient::new()
+        .get(&server.url("/wrapped"))
+        .await
+        .unwrap();
+    // The rejection inside still decides status and Retry-After ...
+    assert_eq!(res.head.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.head.headers[header::RETRY_AFTER], "7");
+    // ... and its own fixed text is the only text sent.
+    let body = String::from_utf8_lossy(&res.body).into_owned();
+    for secret in ["SECRET", "api_key", "pay.example", "hunter2", "postgres"] {
+        assert!(!body.contains(secret), "{secret} leaked: {body}");
+    }
+    for (_, value) in &res.head.headers {
+        assert!(!String::from_utf8_lossy(value.as_bytes()).contains("SECRET"));
+    }
+    assert_eq!(
+        body,
+        r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the test gate is closed","kind":"test_closed"}"#
+    );
 }
 
 #[tokio::test]
