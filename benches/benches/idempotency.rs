@@ -15,7 +15,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use seawall_idempotency::{
-    Claim, Fingerprint, IdempotencyLayer, MemoryStore, RequestBody, Store, StoreKey, StoredResponse,
+    Claim, Fingerprint, IdempotencyLayer, MemoryStore, RequestBody, Scope, Store, StoreKey,
+    StoredResponse,
 };
 use tower::{Layer, ServiceExt};
 
@@ -28,7 +29,7 @@ fn memory_store(c: &mut Criterion) {
     // Keys cycle over a fixed set and records are kept for zero time, so the
     // store stays at a steady size and every claim takes a free key.
     let keys: Vec<StoreKey> = (0..1024)
-        .map(|i| StoreKey::new("bench", Some("tenant"), &format!("key-{i}")))
+        .map(|i| StoreKey::new("bench", Scope::Tenant("tenant"), &format!("key-{i}")))
         .collect();
     let fp = Fingerprint::from_bytes([1; 32]);
     let lease = Duration::from_secs(60);
@@ -56,7 +57,7 @@ fn memory_store(c: &mut Criterion) {
             });
         });
     });
-    let kept = StoreKey::new("bench", None, "kept");
+    let kept = StoreKey::new("bench", Scope::Shared, "kept");
     rt.block_on(async {
         let Ok(Claim::Claimed(token)) = store.claim(&kept, &fp, lease).await else {
             panic!("a free key");

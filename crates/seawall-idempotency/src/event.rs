@@ -27,6 +27,8 @@ pub enum IdempotencyEventKind {
     KeyRefused,
     /// The request body was over the limit: 413.
     BodyTooLarge,
+    /// The request body did not arrive within the body timeout: 408.
+    BodyTimedOut,
     /// The handler's response was stored.
     Stored,
     /// The handler's response was stored without its body, which was over
@@ -42,6 +44,9 @@ pub enum IdempotencyEventKind {
     Released,
     /// The store failed; the request got 503 (fail-closed).
     StoreUnavailable,
+    /// The store had no room for a new key (every record in it is live);
+    /// the request got 503 with `Retry-After` and the handler did not run.
+    StoreFull,
     /// The store failed and the handler ran without idempotency (fail-open).
     FailedOpen,
     /// Storing the response failed; the claim stays until its lease ends.
@@ -68,11 +73,13 @@ impl Event for IdempotencyEvent {
             IdempotencyEventKind::Mismatch => "mismatch",
             IdempotencyEventKind::KeyRefused => "key_refused",
             IdempotencyEventKind::BodyTooLarge => "body_too_large",
+            IdempotencyEventKind::BodyTimedOut => "body_timed_out",
             IdempotencyEventKind::Stored => "stored",
             IdempotencyEventKind::StoredWithoutBody => "stored_without_body",
             IdempotencyEventKind::Fenced => "fenced",
             IdempotencyEventKind::Released => "released",
             IdempotencyEventKind::StoreUnavailable => "store_unavailable",
+            IdempotencyEventKind::StoreFull => "store_full",
             IdempotencyEventKind::FailedOpen => "failed_open",
             IdempotencyEventKind::CompleteFailed => "complete_failed",
         }
@@ -92,9 +99,11 @@ impl Event for IdempotencyEvent {
             | IdempotencyEventKind::Mismatch
             | IdempotencyEventKind::KeyRefused
             | IdempotencyEventKind::BodyTooLarge
+            | IdempotencyEventKind::BodyTimedOut
             | IdempotencyEventKind::Released => Severity::Info,
             IdempotencyEventKind::Fenced
             | IdempotencyEventKind::StoreUnavailable
+            | IdempotencyEventKind::StoreFull
             | IdempotencyEventKind::FailedOpen
             | IdempotencyEventKind::CompleteFailed => Severity::Warn,
         }

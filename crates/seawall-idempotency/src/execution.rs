@@ -5,16 +5,24 @@
 //! away (its response future dropped) therefore does not stop a handler
 //! that already holds the key: the handler runs to completion and its
 //! response is stored, so the client's retry gets a replay instead of
-//! a second execution. A handler that panics unwinds through
-//! [`ClaimGuard`], whose `Drop` releases the claim by its token, so the key
-//! is free again at once rather than at the end of the lease.
+//! a second execution. A handler that panics is caught by [`CatchUnwind`]
+//! and its claim released (awaited) before the request fails, so the
+//! client's immediate retry finds the key free. [`ClaimGuard`] releases the
+//! claim from its `Drop` if the task is dropped some other way (the runtime
+//! shutting down).
 
+use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use http::header::{HeaderValue, CONTENT_LENGTH};
-use http::{Request, Response, StatusCode};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::request::Parts;
+use http::{response, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use seawall_core::{BoxError, Listener};
@@ -22,10 +30,10 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::error::{HandlerPanicked, StoreError};
+use crate::error::{HandlerPanicked, StoreError, StoreErrorKind};
 use crate::event::{IdempotencyEvent, IdempotencyEventKind as Kind};
-use crate::key::{FencingToken, Fingerprint, StoreKey};
-use crate::layer::Shared;
+use crate::key::{CredentialDigest, FencingToken, Fingerprint, Scope, StoreKey};
+use crate::layer::{Config, KeepPolicy, ScopeBy, Shared};
 use crate::problem::Problem;
 use crate::record::StoredResponse;
 use crate::service::{RequestBody, IDEMPOTENT_REPLAYED, TOO_LARGE};
@@ -47,6 +55,16 @@ const UNAVAILABLE: Problem = Problem::new(
     StatusCode::SERVICE_UNAVAILABLE,
     "idempotency_store_unavailable",
     "the idempotency store is unavailable; the request was not processed",
+);
+const STORE_FULL: Problem = Problem::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "idempotency_store_full",
+    "the idempotency store has no room for a new key; the request was not processed",
+);
+const BODY_TIMEOUT: Problem = Problem::new(
+    StatusCode::REQUEST_TIMEOUT,
+    "idempotency_body_timeout",
+    "the request body did not arrive in time; the request was not processed",
 );
 const UNREADABLE: Problem = Problem::new(
     StatusCode::BAD_REQUEST,
@@ -77,22 +95,34 @@ where
     ResB::Data: Send,
     ResB::Error: Into<BoxError>,
 {
+    // Outside a Tokio runtime the body timer and `tokio::spawn` would
+    // panic; refuse instead.
+    let runtime = tokio::runtime::Handle::try_current().map_err(Box::new)?;
     let (parts, body) = req.into_parts();
     let config = &shared.config;
-    let tenant = config.tenant.as_ref().and_then(|f| f(&parts));
-    let scope = StoreKey::new(&config.name, tenant.as_deref(), &key);
-    let bytes = match Limited::new(body, config.max_request_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
+    let scope = record_key(config, &parts, &key);
+    let read = Limited::new(body, config.max_request_body).collect();
+    // On timeout the read future, the body and what was buffered are
+    // dropped here; nothing was claimed yet.
+    let bytes = match tokio::time::timeout(config.body_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
             shared.emit(Kind::BodyTooLarge);
             return Ok(TOO_LARGE.response());
         }
-        Err(_) => return Ok(UNREADABLE.response()),
+        Ok(Err(_)) => return Ok(UNREADABLE.response()),
+        Err(_) => {
+            shared.emit(Kind::BodyTimedOut);
+            let mut res = BODY_TIMEOUT.response();
+            // The rest of the body may still come: the connection cannot
+            // carry another request (RFC 9110 §15.5.9).
+            res.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return Ok(res);
+        }
     };
     let fingerprint = Fingerprint::of(&parts.method, &parts.uri, &parts.headers, &bytes);
     let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
-    // Outside a Tokio runtime `tokio::spawn` would panic; refuse instead.
-    let runtime = tokio::runtime::Handle::try_current().map_err(Box::new)?;
     match runtime
         .spawn(run(shared, inner, req, scope, fingerprint))
         .await
@@ -100,6 +130,22 @@ where
         Ok(out) => out,
         Err(e) if e.is_panic() => Err(Box::new(HandlerPanicked::new())),
         Err(e) => Err(Box::new(e)),
+    }
+}
+
+/// The record key of a request: the layer's name, the request's scope and
+/// the key.
+fn record_key(config: &Config, parts: &Parts, key: &str) -> StoreKey {
+    match &config.scope {
+        ScopeBy::Shared => StoreKey::new(&config.name, Scope::Shared, key),
+        ScopeBy::Tenant(f) => match f(parts) {
+            Some(tenant) => StoreKey::new(&config.name, Scope::Tenant(&tenant), key),
+            None => StoreKey::new(&config.name, Scope::Anonymous, key),
+        },
+        ScopeBy::Credentials(names) => match CredentialDigest::of(&parts.headers, names) {
+            Some(digest) => StoreKey::new(&config.name, Scope::Credentials(&digest), key),
+            None => StoreKey::new(&config.name, Scope::Anonymous, key),
+        },
     }
 }
 
@@ -134,6 +180,14 @@ where
             shared.emit(Kind::Mismatch);
             return Ok(MISMATCH.response());
         }
+        // A full store is not a failure to ride over: running the handler
+        // without a record would let its retry run it again.
+        Err(e) if e.kind() == StoreErrorKind::Full => {
+            shared.emit(Kind::StoreFull);
+            return Ok(STORE_FULL
+                .retry_after(shared.config.store_retry_after)
+                .response());
+        }
         Err(_) if shared.config.fail_open => {
             shared.emit(Kind::FailedOpen);
             let res = inner.call(req).await.map_err(Into::into)?;
@@ -158,44 +212,31 @@ where
         armed: true,
         renewal,
     };
-    let res: Result<_, BoxError> = inner.call(req).await.map_err(Into::into);
-    let res = match res {
-        Ok(res) => res,
-        Err(e) => {
+    let keep = shared.config.keep;
+    let cap = shared.config.max_stored_body;
+    let (head, buf, over_cap, rest) = match CatchUnwind::new(handle(inner, req, keep, cap)).await {
+        Ok(Ok(Handled::Collected {
+            head,
+            buf,
+            over_cap,
+            rest,
+        })) => (head, buf, over_cap, rest),
+        Ok(Ok(Handled::NotKept(res))) => {
+            guard.release().await;
+            return Ok(res.map(ResponseBody::inner));
+        }
+        Ok(Err(e)) => {
             guard.release().await;
             return Err(e);
         }
-    };
-    if !shared.config.keep.keeps(res.status()) {
-        guard.release().await;
-        return Ok(res.map(ResponseBody::inner));
-    }
-    let (head, body) = res.into_parts();
-    let mut body = Box::pin(body);
-    let cap = shared.config.max_stored_body;
-    let mut buf = BytesMut::new();
-    let mut over_cap = false;
-    loop {
-        let frame: Option<Result<_, BoxError>> = body.frame().await.map(|f| f.map_err(Into::into));
-        let frame = match frame {
-            None => break,
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                guard.release().await;
-                return Err(e);
-            }
-        };
-        // Trailers are not stored (nor forwarded for a stored response).
-        if let Ok(mut data) = frame.into_data() {
-            let n = data.remaining();
-            buf.extend_from_slice(&data.copy_to_bytes(n));
-            if buf.len() > cap {
-                over_cap = true;
-                break;
-            }
+        Err(panic) => {
+            // Released before the 500 is returned, so a retry the client
+            // sends on seeing it finds the key free.
+            guard.release().await;
+            drop(panic);
+            return Err(Box::new(HandlerPanicked::new()));
         }
-    }
-    let buf = buf.freeze();
+    };
     let stored = StoredResponse::new(head.status, &head.headers, buf.clone(), over_cap);
     // The claim ends here whatever the store says: stored, fenced, or left
     // to expire with its lease if the store failed.
@@ -213,15 +254,101 @@ where
     {
         Ok(Completion::Stored) if over_cap => shared.emit(Kind::StoredWithoutBody),
         Ok(Completion::Stored) => shared.emit(Kind::Stored),
+        Ok(Completion::StoredWithoutBody) => shared.emit(Kind::StoredWithoutBody),
         Ok(Completion::Fenced) => shared.emit(Kind::Fenced),
         Err(_) => shared.emit(Kind::CompleteFailed),
     }
     let body = if over_cap {
-        ResponseBody::prefixed(buf, body)
+        ResponseBody::prefixed(buf, rest)
     } else {
         ResponseBody::full(buf)
     };
     Ok(Response::from_parts(head, body))
+}
+
+/// What the handler answered, read up to the storing cap.
+enum Handled<B> {
+    /// A status the [`KeepPolicy`] does not keep: answered as it is.
+    NotKept(Response<B>),
+    /// The head and the body read so far (all of it unless `over_cap`),
+    /// with what is left of the body.
+    Collected {
+        head: response::Parts,
+        buf: Bytes,
+        over_cap: bool,
+        rest: Pin<Box<B>>,
+    },
+}
+
+/// Calls the handler and reads its body for storing, up to `cap` bytes.
+async fn handle<S, ReqB, ResB>(
+    mut inner: S,
+    req: Request<RequestBody<ReqB>>,
+    keep: KeepPolicy,
+    cap: usize,
+) -> Result<Handled<ResB>, BoxError>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ResB: Body,
+    ResB::Error: Into<BoxError>,
+{
+    let res = inner.call(req).await.map_err(Into::into)?;
+    if !keep.keeps(res.status()) {
+        return Ok(Handled::NotKept(res));
+    }
+    let (head, body) = res.into_parts();
+    let mut body = Box::pin(body);
+    let mut buf = BytesMut::new();
+    let mut over_cap = false;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Into::into)?;
+        // Trailers are not stored (nor forwarded for a stored response).
+        if let Ok(mut data) = frame.into_data() {
+            let n = data.remaining();
+            buf.extend_from_slice(&data.copy_to_bytes(n));
+            if buf.len() > cap {
+                over_cap = true;
+                break;
+            }
+        }
+    }
+    Ok(Handled::Collected {
+        head,
+        buf: buf.freeze(),
+        over_cap,
+        rest: body,
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// Resolves to `Err` with the panic's payload if polling the future
+    /// panics, which it then never polls again.
+    struct CatchUnwind<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F> CatchUnwind<F> {
+    fn new(fut: F) -> Self {
+        Self { fut }
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.project().fut;
+        // Unwind safety: after a panic the future is only dropped, never
+        // polled again, so no broken invariant of it is observed.
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
 }
 
 /// Claims the key; in wait mode, polls while the key is in flight, until

@@ -3,10 +3,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{Method, StatusCode};
+use http::{HeaderName, Method, StatusCode};
 use seawall_core::{ConfigError, NoopListener};
 use tower_layer::Layer;
 
+use crate::key::DEFAULT_CREDENTIAL_HEADERS;
 use crate::service::Idempotency;
 use crate::store::MemoryStore;
 
@@ -18,7 +19,14 @@ const MIN_DURATION: Duration = Duration::from_millis(1);
 /// The longest lease, retention or wait: 100 years. Far beyond any real
 /// setting, and well within what `Instant`, Redis (`PX`) and PostgreSQL
 /// (`interval`, `timestamptz`) can add to the current time.
-const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The longest `Retry-After` the layer sends for a store that failed: past
+/// an hour a client has given up, and a larger figure is a typo.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// How long the request body may take to arrive by default.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which of the handler's responses are stored for replay.
 ///
@@ -65,6 +73,27 @@ impl fmt::Debug for KeepPolicy {
 /// [`IdempotencyLayerBuilder::tenant`].
 pub(crate) type TenantFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 
+/// How a layer finds whose record a key names.
+#[derive(Clone)]
+pub(crate) enum ScopeBy {
+    /// A digest of these request fields (the default).
+    Credentials(Arc<[HeaderName]>),
+    /// The tenant function's answer.
+    Tenant(Arc<TenantFn>),
+    /// Nothing: every caller shares the key space.
+    Shared,
+}
+
+impl fmt::Debug for ScopeBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Credentials(names) => f.debug_tuple("Credentials").field(names).finish(),
+            Self::Tenant(_) => f.write_str("Tenant(..)"),
+            Self::Shared => f.write_str("Shared"),
+        }
+    }
+}
+
 /// The validated settings shared by every service of one layer.
 // Independent on/off settings of a builder, not a state machine in disguise.
 #[allow(clippy::struct_excessive_bools)]
@@ -72,9 +101,10 @@ pub(crate) struct Config {
     pub(crate) name: Arc<str>,
     pub(crate) methods: Vec<Method>,
     pub(crate) require_key: bool,
-    pub(crate) lenient_keys: bool,
-    pub(crate) tenant: Option<Arc<TenantFn>>,
+    pub(crate) strict_keys: bool,
+    pub(crate) scope: ScopeBy,
     pub(crate) max_request_body: usize,
+    pub(crate) body_timeout: Duration,
     pub(crate) max_stored_body: usize,
     pub(crate) lease: Duration,
     pub(crate) renew_lease: bool,
@@ -117,6 +147,8 @@ impl<St: fmt::Debug, L> fmt::Debug for IdempotencyLayer<St, L> {
             .field("name", &c.name)
             .field("methods", &c.methods)
             .field("require_key", &c.require_key)
+            .field("strict_keys", &c.strict_keys)
+            .field("scope", &c.scope)
             .field("lease", &c.lease)
             .field("renew_lease", &c.renew_lease)
             .field("retention", &c.retention)
@@ -178,9 +210,10 @@ pub struct IdempotencyLayerBuilder<St = MemoryStore, L = NoopListener> {
     name: Arc<str>,
     methods: Vec<Method>,
     require_key: bool,
-    lenient_keys: bool,
-    tenant: Option<Arc<TenantFn>>,
+    strict_keys: bool,
+    scope: ScopeBy,
     max_request_body: usize,
+    body_timeout: Duration,
     max_stored_body: usize,
     lease: Duration,
     renew_lease: bool,
@@ -209,9 +242,10 @@ impl IdempotencyLayerBuilder {
             name: Arc::from(LAYER),
             methods: vec![Method::POST, Method::PATCH],
             require_key: false,
-            lenient_keys: false,
-            tenant: None,
+            strict_keys: false,
+            scope: ScopeBy::Credentials(Arc::from(DEFAULT_CREDENTIAL_HEADERS.as_slice())),
             max_request_body: 1024 * 1024,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             max_stored_body: 1024 * 1024,
             lease: Duration::from_secs(60),
             renew_lease: false,
@@ -232,9 +266,10 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
             name: self.name.clone(),
             methods: self.methods.clone(),
             require_key: self.require_key,
-            lenient_keys: self.lenient_keys,
-            tenant: self.tenant.clone(),
+            strict_keys: self.strict_keys,
+            scope: self.scope.clone(),
             max_request_body: self.max_request_body,
+            body_timeout: self.body_timeout,
             max_stored_body: self.max_stored_body,
             lease: self.lease,
             renew_lease: self.renew_lease,
@@ -268,22 +303,79 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
         self
     }
 
-    /// Also accept an unquoted key (`Idempotency-Key: 8e03978e-40d5`), as
-    /// many Stripe clients send it. Default `false`: the key must be an
-    /// RFC 9651 string (`"8e03978e-40d5"`).
-    pub fn lenient_keys(mut self, lenient: bool) -> Self {
-        self.lenient_keys = lenient;
+    /// Accept only RFC 9651 structured-field strings
+    /// (`Idempotency-Key: "8e03978e-40d5"`), as the IETF draft specifies.
+    ///
+    /// Default `false`: a bare token of visible ASCII
+    /// (`Idempotency-Key: 8e03978e-40d5`, what Stripe clients send) is
+    /// accepted too, and is the same key as its quoted form. Either way a
+    /// key is at most 255 characters, and one with spaces, control
+    /// characters or non-ASCII bytes gets 400.
+    pub fn strict_keys(mut self, strict: bool) -> Self {
+        self.strict_keys = strict;
         self
     }
 
     /// Scopes records by the tenant or principal `f` finds in the request
-    /// (for example from an extension set by authentication). Requests of
-    /// different tenants never share a record; `None` is its own scope.
+    /// (for example an account id that authentication put in the
+    /// extensions), instead of by the request's credentials. Requests of
+    /// different tenants never share a record; requests for which `f`
+    /// returns `None` share one scope of their own.
+    ///
+    /// ```
+    /// # #[derive(Clone)] struct AccountId(u64);
+    /// use seawall_idempotency::IdempotencyLayer;
+    ///
+    /// let layer = IdempotencyLayer::builder()
+    ///     .tenant(|parts| parts.extensions.get::<AccountId>().map(|id| id.0.to_string()))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
     pub fn tenant<F>(mut self, f: F) -> Self
     where
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
     {
-        self.tenant = Some(Arc::new(f));
+        self.scope = ScopeBy::Tenant(Arc::new(f));
+        self
+    }
+
+    /// Scopes records by a digest of these request fields (the default
+    /// scope, with [`DEFAULT_CREDENTIAL_HEADERS`]: `Authorization`,
+    /// `Proxy-Authorization`, `Cookie`). Add the field of an API key your
+    /// service accepts, e.g. `x-api-key`; leave out `Cookie` if your clients
+    /// carry cookies that change between retries (analytics) and do not
+    /// authenticate with them.
+    ///
+    /// Two requests share a record only if they carry the same values of
+    /// every field listed; a request with none of them is anonymous and
+    /// shares only with other anonymous requests. A list of no fields is
+    /// refused by [`build`](Self::build) (use [`unscoped`](Self::unscoped)).
+    ///
+    /// ```
+    /// use http::header::{HeaderName, AUTHORIZATION};
+    /// use seawall_idempotency::IdempotencyLayer;
+    ///
+    /// let layer = IdempotencyLayer::builder()
+    ///     .credential_headers([AUTHORIZATION, HeaderName::from_static("x-api-key")])
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn credential_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.scope = ScopeBy::Credentials(names.into_iter().collect());
+        self
+    }
+
+    /// Every caller shares one key space: a key sent by one client replays
+    /// to any other client that sends it.
+    ///
+    /// Safe only when keys cannot be guessed or reused across callers *and*
+    /// a response holds nothing one caller may not see of another's: for
+    /// example a service reachable only by one trusted internal client, or
+    /// where a gateway in front already rewrote the key to include the
+    /// caller. Otherwise keep the default (credentials) or use
+    /// [`tenant`](Self::tenant).
+    pub fn unscoped(mut self) -> Self {
+        self.scope = ScopeBy::Shared;
         self
     }
 
@@ -291,6 +383,16 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
     /// gets 413 and the store is not touched. Default 1 MiB.
     pub fn max_request_body(mut self, bytes: usize) -> Self {
         self.max_request_body = bytes;
+        self
+    }
+
+    /// How long the layer waits for the whole request body (which it
+    /// buffers to fingerprint the request) before answering `408 Request
+    /// Timeout` with `Connection: close`. The key is claimed only once the
+    /// body is read, so a stalled upload holds neither the key nor, after
+    /// this bound, its buffer. Default 30 s.
+    pub fn request_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
         self
     }
 
@@ -350,7 +452,8 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
         self
     }
 
-    /// The `Retry-After` of the 503 sent when the store fails. Default 1 s.
+    /// The `Retry-After` of the 503 sent when the store fails or is full.
+    /// Default 1 s; at most 1 h.
     pub fn store_retry_after(mut self, after: Duration) -> Self {
         self.store_retry_after = after;
         self
@@ -362,9 +465,10 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
             name: self.name,
             methods: self.methods,
             require_key: self.require_key,
-            lenient_keys: self.lenient_keys,
-            tenant: self.tenant,
+            strict_keys: self.strict_keys,
+            scope: self.scope,
             max_request_body: self.max_request_body,
+            body_timeout: self.body_timeout,
             max_stored_body: self.max_stored_body,
             lease: self.lease,
             renew_lease: self.renew_lease,
@@ -384,9 +488,10 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
             name: self.name,
             methods: self.methods,
             require_key: self.require_key,
-            lenient_keys: self.lenient_keys,
-            tenant: self.tenant,
+            strict_keys: self.strict_keys,
+            scope: self.scope,
             max_request_body: self.max_request_body,
+            body_timeout: self.body_timeout,
             max_stored_body: self.max_stored_body,
             lease: self.lease,
             renew_lease: self.renew_lease,
@@ -400,9 +505,10 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
         }
     }
 
-    /// Checks the settings and builds the layer: a non-empty name and
-    /// method list, and a lease, retention and wait bound each between 1 ms
-    /// and 100 years.
+    /// Checks the settings and builds the layer: a non-empty name, method
+    /// list and credential field list; a lease, retention, wait bound and
+    /// body timeout each between 1 ms and 100 years; a store `Retry-After`
+    /// of at most 1 h.
     pub fn build(self) -> Result<IdempotencyLayer<St, L>, ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::new(LAYER, "name", "must not be empty"));
@@ -424,6 +530,27 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
                 "must be at least 1 ms",
             ));
         }
+        if matches!(&self.scope, ScopeBy::Credentials(names) if names.is_empty()) {
+            return Err(ConfigError::new(
+                LAYER,
+                "credential_headers",
+                "must name at least one field (use `unscoped()` to share records across callers)",
+            ));
+        }
+        if self.body_timeout < MIN_DURATION {
+            return Err(ConfigError::new(
+                LAYER,
+                "request_body_timeout",
+                "must be at least 1 ms",
+            ));
+        }
+        if self.store_retry_after > MAX_RETRY_AFTER {
+            return Err(ConfigError::new(
+                LAYER,
+                "store_retry_after",
+                "must be at most 1 hour",
+            ));
+        }
         if self.wait.is_some_and(|w| w.is_zero()) {
             return Err(ConfigError::new(
                 LAYER,
@@ -435,6 +562,7 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
             ("lease", Some(self.lease)),
             ("retention", Some(self.retention)),
             ("wait_in_flight", self.wait),
+            ("request_body_timeout", Some(self.body_timeout)),
         ] {
             if d.is_some_and(|d| d > MAX_DURATION) {
                 return Err(ConfigError::new(LAYER, field, "must be at most 100 years"));
@@ -498,12 +626,55 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.field(), "wait_in_flight");
+        let err = IdempotencyLayer::builder()
+            .request_body_timeout(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "request_body_timeout");
+        let err = IdempotencyLayer::builder()
+            .request_body_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "request_body_timeout");
+        // A Retry-After of centuries is a typo, not a policy.
+        let err = IdempotencyLayer::builder()
+            .store_retry_after(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "store_retry_after");
+        assert!(IdempotencyLayer::builder()
+            .store_retry_after(MAX_RETRY_AFTER)
+            .build()
+            .is_ok());
         assert!(IdempotencyLayer::builder()
             .retention(MAX_DURATION)
             .lease(MAX_DURATION)
             .wait_in_flight(MAX_DURATION)
             .build()
             .is_ok());
+    }
+
+    #[test]
+    fn scope_settings() {
+        let layer = IdempotencyLayer::new();
+        assert!(format!("{layer:?}").contains("Credentials"));
+        let err = IdempotencyLayer::builder()
+            .credential_headers([])
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "credential_headers");
+        let tenant = IdempotencyLayer::builder()
+            .tenant(|_| None)
+            .build()
+            .unwrap();
+        assert!(format!("{tenant:?}").contains("Tenant(..)"));
+        // The last scope setting wins.
+        let shared = IdempotencyLayer::builder()
+            .tenant(|_| None)
+            .unscoped()
+            .build()
+            .unwrap();
+        assert!(format!("{shared:?}").contains("Shared"));
     }
 
     #[test]

@@ -148,7 +148,10 @@ pub use body::ResponseBody;
 pub use error::{HandlerPanicked, StoreError, StoreErrorKind};
 pub use event::{IdempotencyEvent, IdempotencyEventKind};
 pub use future::ResponseFuture;
-pub use key::{FencingToken, Fingerprint, StoreKey, MAX_KEY_LEN};
+pub use key::{
+    CredentialDigest, FencingToken, Fingerprint, Scope, StoreKey, DEFAULT_CREDENTIAL_HEADERS,
+    MAX_KEY_LEN,
+};
 pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder, KeepPolicy};
 pub use problem::PROBLEM_JSON;
 pub use record::StoredResponse;
@@ -161,3 +164,14 @@ pub use deadpool_postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis;
+
+/// The case count of the crate's fuzzing property tests: a bounded default
+/// for CI, raised with `SEAWALL_FUZZ_CASES` (see the README).
+#[cfg(test)]
+pub(crate) fn fuzz_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("SEAWALL_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    proptest::test_runner::Config::with_cases(cases)
+}

@@ -83,6 +83,39 @@ impl StoredResponse {
         self.body_omitted
     }
 
+    /// Roughly how many bytes of memory the record takes: the body, each
+    /// header's name and value, and a fixed allowance per header for the
+    /// map's own bookkeeping.
+    pub(crate) fn size(&self) -> usize {
+        const PER_HEADER: usize = 48;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| PER_HEADER + n.as_str().len() + v.len())
+            .sum();
+        self.body.len().saturating_add(headers)
+    }
+
+    /// The same record without its body, marked as omitted.
+    pub(crate) fn without_body(&self) -> Self {
+        Self {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: Bytes::new(),
+            body_omitted: true,
+        }
+    }
+
+    /// The status alone: no headers, no body.
+    pub(crate) fn status_only(&self) -> Self {
+        Self {
+            status: self.status,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            body_omitted: true,
+        }
+    }
+
     /// The status, kept headers and body.
     pub fn into_parts(self) -> (StatusCode, HeaderMap, Bytes) {
         (self.status, self.headers, self.body)

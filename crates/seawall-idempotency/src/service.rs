@@ -116,7 +116,7 @@ where
         if !config.methods.contains(req.method()) {
             return ResponseFuture::passthrough(self.inner.call(req.map(Either::Left)));
         }
-        let key = match parse_key(req.headers(), &IDEMPOTENCY_KEY, config.lenient_keys) {
+        let key = match parse_key(req.headers(), &IDEMPOTENCY_KEY, config.strict_keys) {
             Ok(Some(key)) => key,
             Ok(None) if !config.require_key => {
                 return ResponseFuture::passthrough(self.inner.call(req.map(Either::Left)));

@@ -5,6 +5,8 @@ mod suite;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tower::ServiceExt;
+
 use seawall_idempotency::store::StoreFuture;
 use seawall_idempotency::{
     Claim, Completion, FencingToken, Fingerprint, MemoryStore, Store, StoreError, StoreKey,
@@ -30,7 +32,9 @@ memory_checks!(
     check_methods,
     check_bad_keys,
     check_missing_key,
-    check_lenient,
+    check_bare_keys,
+    check_principals,
+    check_scope_options,
     check_replay,
     check_mismatch,
     check_body_limit,
@@ -128,11 +132,24 @@ async fn check_store_down() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn full_store_fails_closed() {
+async fn a_full_store_refuses_new_keys_and_never_forgets_a_completed_one() {
+    use seawall_core::event::FnListener;
+    use seawall_idempotency::{IdempotencyEvent, IdempotencyEventKind as K};
+    use std::sync::Mutex;
+
+    let full_events = Arc::new(Mutex::new(0usize));
+    let count = full_events.clone();
+    let listener = FnListener::new(move |e: &IdempotencyEvent| {
+        if e.event_kind() == K::StoreFull {
+            *count.lock().unwrap() += 1;
+        }
+    });
     let h = suite::Handler::new();
     let store = MemoryStore::with_capacity(1).unwrap();
     let layer = seawall_idempotency::IdempotencyLayer::builder()
         .store(store)
+        .listener(listener)
+        .store_retry_after(Duration::from_secs(2))
         .build()
         .unwrap();
     let svc = suite::service(layer, &h);
@@ -145,14 +162,164 @@ async fn full_store_fails_closed() {
         async move { suite::ok(&svc, gated).await }
     });
     h.entered.acquire().await.unwrap().forget();
-    let other = suite::ok(&svc, suite::req(Some("\"two\""), "{}")).await;
-    assert_eq!(other.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    let refused = suite::ok(&svc, suite::req(Some("\"two\""), "{}")).await;
+    assert_eq!(refused.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.kind(), "idempotency_store_full");
+    assert_eq!(refused.headers[http::header::RETRY_AFTER], "2");
     h.gate.add_permits(1);
-    first.await.unwrap();
-    // Completed records make room for new claims.
-    let other = suite::ok(&svc, suite::req(Some("\"two\""), "{}")).await;
-    assert_eq!(other.status, http::StatusCode::CREATED);
+    let first = first.await.unwrap();
+    // A completed record is not evicted for a new key: "two" is still
+    // refused, and "one" still replays, until its retention ends.
+    tokio::time::advance(Duration::from_secs(23 * 3600)).await;
+    let refused = suite::ok(&svc, suite::req(Some("\"two\""), "{}")).await;
+    assert_eq!(refused.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    let replay = suite::ok(&svc, suite::req(Some("\"one\""), "{}")).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.body, first.body);
+    assert_eq!(h.runs(), 1, "a refused key never ran its handler");
+    assert_eq!(*full_events.lock().unwrap(), 2);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let two = suite::ok(&svc, suite::req(Some("\"two\""), "{}")).await;
+    assert_eq!(two.status, http::StatusCode::CREATED);
     assert_eq!(h.runs(), 2);
+}
+
+/// A full store stays closed in fail-open mode too: running the handler
+/// without a record would let its retry run it again.
+#[tokio::test(start_paused = true)]
+async fn a_full_store_is_not_failed_open() {
+    let h = suite::Handler::new();
+    let layer = seawall_idempotency::IdempotencyLayer::builder()
+        .store(MemoryStore::with_capacity(1).unwrap())
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let svc = suite::service(layer, &h);
+    suite::ok(&svc, suite::req(Some("\"one\""), "{}")).await;
+    let refused = suite::ok(&svc, suite::req(Some("\"two\""), "{}")).await;
+    assert_eq!(refused.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.runs(), 1);
+}
+
+/// Carol's payment, then a flood of new keys from another client: her
+/// retry replays, it never runs again.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_keys_never_reruns_a_completed_payment() {
+    let h = suite::Handler::new();
+    let layer = seawall_idempotency::IdempotencyLayer::builder()
+        .build()
+        .unwrap();
+    let svc = suite::service(layer, &h);
+    let carol = || {
+        suite::post(Some("carol-pay-1"))
+            .header(http::header::AUTHORIZATION, "Bearer carol")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    let paid = suite::ok(&svc, carol()).await;
+    let mut refused = 0;
+    for i in 0..(MemoryStore::DEFAULT_CAPACITY + 2_000) {
+        let key = format!("flood-{i}");
+        let a = suite::ok(&svc, suite::req(Some(&key), "{}")).await;
+        if a.status == http::StatusCode::SERVICE_UNAVAILABLE {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2_000, "{refused}");
+    let retry = suite::ok(&svc, carol()).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, paid.body);
+}
+
+/// A body that stalls gets 408 at the timeout; neither its buffer nor the
+/// key stays held: the same key with a whole body then runs.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_body_gets_408_and_holds_nothing() {
+    use http_body_util::BodyExt;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Sends one chunk, then never another; counts as alive while held.
+    struct Stalled {
+        first: Option<bytes::Bytes>,
+        _alive: Arc<()>,
+    }
+
+    impl http_body::Body for Stalled {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            match self.first.take() {
+                Some(b) => Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = runs.clone();
+    let layer = seawall_idempotency::IdempotencyLayer::builder()
+        .request_body_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new().layer(layer).service_fn(
+        move |req: http::Request<
+            seawall_idempotency::RequestBody<
+                http_body_util::Either<Stalled, http_body_util::Full<bytes::Bytes>>,
+            >,
+        >| {
+            let counter = counter.clone();
+            async move {
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(http_body_util::Collected::to_bytes)
+                    .unwrap_or_default();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    body,
+                )))
+            }
+        },
+    );
+    let alive = Arc::new(());
+    let stalled = suite::post(Some("up-1"))
+        .body(http_body_util::Either::Left(Stalled {
+            first: Some(bytes::Bytes::from_static(b"{\"amount\":")),
+            _alive: alive.clone(),
+        }))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let res = svc.clone().oneshot(stalled).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(res.status(), http::StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(res.headers()[http::header::CONNECTION], "close");
+    assert_eq!(
+        res.headers()[http::header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(doc["kind"], "idempotency_body_timeout");
+    assert_eq!(Arc::strong_count(&alive), 1, "the stalled body was dropped");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let whole = suite::post(Some("up-1"))
+        .body(http_body_util::Either::Right(http_body_util::Full::new(
+            bytes::Bytes::from_static(b"{\"amount\":1}"),
+        )))
+        .unwrap();
+    let res = svc.clone().oneshot(whole).await.unwrap();
+    assert_eq!(
+        res.status(),
+        http::StatusCode::OK,
+        "the key was never claimed"
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -260,4 +427,65 @@ async fn renewed_lease_keeps_a_slow_handler_s_key() {
     assert!(!suite::ok(&svc, suite::req(Some("\"slow\""), "{}"))
         .await
         .replayed());
+}
+
+/// A memory store whose releases take 50 ms, as a remote store's do.
+#[derive(Clone)]
+struct SlowRelease(MemoryStore);
+
+impl Store for SlowRelease {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
+        lease: Duration,
+    ) -> StoreFuture<'a, Claim> {
+        self.0.claim(key, fingerprint, lease)
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a FencingToken,
+        fingerprint: &'a Fingerprint,
+        response: &'a StoredResponse,
+        retention: Duration,
+    ) -> StoreFuture<'a, Completion> {
+        self.0
+            .complete(key, token, fingerprint, response, retention)
+    }
+    fn release<'a>(&'a self, key: &'a StoreKey, token: &'a FencingToken) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.0.release(key, token).await
+        })
+    }
+}
+
+/// The claim of a panicked handler is released before its 500 is
+/// returned, even when the release takes time: the client's immediate
+/// retry runs instead of getting 409. (Releasing from a spawned task, the
+/// retry's claim would come first.)
+#[tokio::test(start_paused = true)]
+async fn a_panic_releases_the_key_before_answering_even_on_a_slow_store() {
+    let h = suite::Handler::new();
+    let layer = seawall_idempotency::IdempotencyLayer::builder()
+        .store(SlowRelease(MemoryStore::new()))
+        .build()
+        .unwrap();
+    let svc = suite::service(layer, &h);
+    let panicking = suite::post(Some("p"))
+        .header("x-panic", "1")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let err = suite::send(&svc, panicking).await.unwrap_err();
+    assert!(err.is::<seawall_idempotency::HandlerPanicked>());
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(50),
+        "the release was awaited"
+    );
+    let retry = suite::ok(&svc, suite::req(Some("p"), "{}")).await;
+    assert_eq!(retry.status, http::StatusCode::CREATED);
+    assert_eq!(h.runs(), 2);
 }

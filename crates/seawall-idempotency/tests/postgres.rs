@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use seawall_idempotency::store::PostgresStore;
-use seawall_idempotency::{Claim, Completion, Fingerprint, Store, StoreKey, StoredResponse};
+use seawall_idempotency::{Claim, Completion, Fingerprint, Scope, Store, StoreKey, StoredResponse};
 
 /// A store on a table of its own, so parallel tests never meet; `None` when
 /// the database is unreachable (and not required).
@@ -93,7 +93,7 @@ async fn store_down_fails_closed() {
     let pool = PostgresStore::pool_for("postgres://postgres@127.0.0.1:1/test", 2).unwrap();
     let store = PostgresStore::new(pool, "seawall_idempotency").unwrap();
     let err = store
-        .claim(&StoreKey::new("x", None, "k"), &FP, LEASE)
+        .claim(&StoreKey::new("x", Scope::Shared, "k"), &FP, LEASE)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), seawall_idempotency::StoreErrorKind::Unavailable);
@@ -106,7 +106,7 @@ async fn expiry_uses_the_database_clock_and_sweep_deletes() {
     let Some(store) = store("expiry").await else {
         return;
     };
-    let key = StoreKey::new("expiry", None, "k");
+    let key = StoreKey::new("expiry", Scope::Shared, "k");
     let Claim::Claimed(token) = store.claim(&key, &FP, LEASE).await.unwrap() else {
         panic!("a free key is claimed");
     };
@@ -167,7 +167,7 @@ async fn expiry_uses_the_database_clock_and_sweep_deletes() {
     );
 
     // An expired record is ignored by claims, and swept.
-    let other = StoreKey::new("expiry", None, "other");
+    let other = StoreKey::new("expiry", Scope::Shared, "other");
     assert!(matches!(
         store.claim(&other, &FP, LEASE).await.unwrap(),
         Claim::Claimed(_)
@@ -189,7 +189,7 @@ async fn stale_token_is_fenced_after_takeover() {
     let Some(store) = store("fence").await else {
         return;
     };
-    let key = StoreKey::new("fence", None, "k");
+    let key = StoreKey::new("fence", Scope::Shared, "k");
     let Claim::Claimed(stale) = store.claim(&key, &FP, LEASE).await.unwrap() else {
         panic!("claimed");
     };
@@ -231,7 +231,7 @@ async fn concurrent_claims_have_one_winner() {
     let Some(store) = store("race").await else {
         return;
     };
-    let key = StoreKey::new("race", None, "k");
+    let key = StoreKey::new("race", Scope::Shared, "k");
     // Let an expired row sit under the key: racing claims must delete it and
     // still produce one winner.
     let Claim::Claimed(_) = store.claim(&key, &FP, LEASE).await.unwrap() else {
@@ -273,7 +273,7 @@ async fn concurrent_table_creation_succeeds() {
     }
     assert!(matches!(
         store
-            .claim(&StoreKey::new("create", None, "k"), &FP, LEASE)
+            .claim(&StoreKey::new("create", Scope::Shared, "k"), &FP, LEASE)
             .await
             .unwrap(),
         Claim::Claimed(_)
@@ -286,7 +286,7 @@ async fn renew_extends_the_lease_of_the_holder_only() {
     let Some(store) = store("renew").await else {
         return;
     };
-    let key = StoreKey::new("renew", None, "k");
+    let key = StoreKey::new("renew", Scope::Shared, "k");
     // A lease short enough to tell from the renewed one, long enough that a
     // loaded machine does not end it before the renewal.
     let Claim::Claimed(token) = store

@@ -15,7 +15,7 @@ use seawall_idempotency::redis::aio::{ConnectionLike, MultiplexedConnection};
 use seawall_idempotency::redis::{self, Cmd, Pipeline, RedisFuture, Value};
 use seawall_idempotency::store::RedisStore;
 use seawall_idempotency::{
-    Claim, Completion, Fingerprint, IdempotencyLayer, Store, StoreKey, StoredResponse,
+    Claim, Completion, Fingerprint, IdempotencyLayer, Scope, Store, StoreKey, StoredResponse,
 };
 
 async fn connect() -> Option<MultiplexedConnection> {
@@ -91,7 +91,7 @@ async fn store_down_fails_closed() {
     let store = RedisStore::open("redis://127.0.0.1:1").unwrap();
     let err = store
         .claim(
-            &StoreKey::new("x", None, "k"),
+            &StoreKey::new("x", Scope::Shared, "k"),
             &Fingerprint::from_bytes([0; 32]),
             Duration::from_secs(1),
         )
@@ -108,7 +108,7 @@ async fn ttl_is_the_lease_then_the_retention() {
     };
     let prefix = unique_prefix("ttl");
     let store = RedisStore::with_connection(conn.clone()).prefix(prefix.clone());
-    let key = StoreKey::new("ttl", None, "k");
+    let key = StoreKey::new("ttl", Scope::Shared, "k");
     let fp = Fingerprint::from_bytes([3; 32]);
     let Claim::Claimed(token) = store
         .claim(&key, &fp, Duration::from_secs(30))
@@ -191,7 +191,7 @@ async fn stale_token_is_fenced_after_takeover() {
     };
     let prefix = unique_prefix("fence");
     let store = RedisStore::with_connection(conn.clone()).prefix(prefix.clone());
-    let key = StoreKey::new("fence", None, "k");
+    let key = StoreKey::new("fence", Scope::Shared, "k");
     let fp = Fingerprint::from_bytes([5; 32]);
     let Claim::Claimed(stale) = store
         .claim(&key, &fp, Duration::from_secs(30))
@@ -247,7 +247,7 @@ async fn concurrent_claims_have_one_winner() {
     };
     let prefix = unique_prefix("race");
     let store = RedisStore::with_connection(conn.clone()).prefix(prefix.clone());
-    let key = StoreKey::new("race", None, "k");
+    let key = StoreKey::new("race", Scope::Shared, "k");
     let fp = Fingerprint::from_bytes([6; 32]);
     let tasks: Vec<_> = (0..64)
         .map(|_| {
@@ -338,7 +338,7 @@ async fn renew_extends_the_ttl_of_the_holder_only() {
     };
     let prefix = unique_prefix("renew");
     let store = RedisStore::with_connection(conn.clone()).prefix(prefix.clone());
-    let key = StoreKey::new("renew", None, "k");
+    let key = StoreKey::new("renew", Scope::Shared, "k");
     let fp = Fingerprint::from_bytes([7; 32]);
     // A lease short enough to tell from the renewed one, long enough that a
     // loaded machine does not end it before the renewal.

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -9,35 +9,89 @@ use tokio::time::Instant;
 use super::{Claim, Completion, Store, StoreFuture};
 use crate::error::StoreError;
 use crate::key::{FencingToken, Fingerprint, StoreKey};
+use crate::layer::MAX_DURATION;
 use crate::record::StoredResponse;
 
 const SHARDS: usize = 16;
 
+/// Bytes charged to every record besides its response: the key, the map
+/// slot, the entry with its fingerprint and token, and its expiry queue
+/// item. An estimate on the generous side, so the bound holds.
+const RECORD_OVERHEAD: usize = 256;
+
+const STORE: &str = "idempotency memory store";
+
 /// The default store: records in this process's memory.
 ///
 /// Right for a single replica, and for tests. Records expire on
-/// [`tokio::time::Instant`] (so paused test time applies). The store holds
-/// at most `capacity` records: when a shard is full it drops expired
-/// records, then the completed record closest to expiry. Claims in flight
-/// are never evicted (that could run a handler twice); if a shard is full
-/// of them, a new claim fails with a [`StoreError`] and the layer answers
-/// 503.
+/// [`tokio::time::Instant`] (so paused test time applies).
+///
+/// # Memory bound
+///
+/// The store holds at most `capacity` records *and* `max_bytes` bytes of
+/// them (defaults [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY) and
+/// [`DEFAULT_MAX_BYTES`](Self::DEFAULT_MAX_BYTES): 10,000 records, 64 MiB).
+/// A record counts its response body, its headers' names and values plus
+/// 48 bytes per header, and 256 bytes for the key, the map slot, the entry
+/// and its expiry bookkeeping. The records are spread by key over 16
+/// shards, each holding a sixteenth of both bounds, so one shard can be
+/// full while others have room.
+///
+/// # Never evicts a live record
+///
+/// An unexpired record, completed or in flight, is never dropped to make
+/// room: that would let a retry run its handler a second time. When a
+/// shard is full, the store drops the records that have expired; if none
+/// has, a new claim fails with [`StoreError`] of kind
+/// [`Full`](crate::StoreErrorKind::Full) and the layer answers `503` with
+/// `Retry-After` (event `StoreFull`) without running the handler. The
+/// effective guarantee is therefore: **a key's handler runs at most once
+/// for as long as its record should exist** (lease, then retention), and
+/// under a flood of new keys the store refuses work rather than forgets.
+///
+/// A completed response that does not fit in its shard's bytes is stored
+/// without its body (a replay gets the status and headers with an empty
+/// body), or, if even its headers do not fit, as its status alone; the
+/// handler still never runs again for that key.
+///
+/// Finding expired records costs O(1) amortised per insertion: each record
+/// is queued by expiry in a FIFO per distinct lease or retention length
+/// (two per layer using the store), so only the fronts of those queues are
+/// ever looked at.
 ///
 /// Clones share the same records.
 #[derive(Clone)]
 pub struct MemoryStore {
     shards: Arc<[Mutex<Shard>]>,
-    per_shard: usize,
+    limits: Limits,
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    records: usize,
+    bytes: usize,
 }
 
 #[derive(Default)]
 struct Shard {
     map: HashMap<StoreKey, Entry>,
+    /// The bytes charged for the records in `map`.
+    bytes: usize,
+    /// Expiry FIFOs, one per time-to-live: within one, items expire in the
+    /// order they were pushed. An item is stale once its record was
+    /// removed, completed or renewed; it is then dropped when reached.
+    queues: Vec<ExpiryQueue>,
+}
+
+struct ExpiryQueue {
+    ttl: Duration,
+    items: VecDeque<(Instant, StoreKey)>,
 }
 
 struct Entry {
     fingerprint: Fingerprint,
     expires_at: Instant,
+    size: usize,
     state: State,
 }
 
@@ -46,39 +100,93 @@ enum State {
     Completed(StoredResponse),
 }
 
+/// The bytes charged for a claim in flight: room for a status-only
+/// completion too, so a completion always fits in what its claim holds.
+const IN_FLIGHT_SIZE: usize = RECORD_OVERHEAD + FencingToken::LEN;
+
+/// `now + ttl`, saturating: a caller of the public [`Store`] methods may
+/// pass any duration.
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl.min(MAX_DURATION))
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 60 * 60)))
+        .unwrap_or(now)
+}
+
 impl MemoryStore {
     /// The default capacity: 10,000 records.
     pub const DEFAULT_CAPACITY: usize = 10_000;
 
-    /// A store of [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY) records.
+    /// The default bound in bytes: 64 MiB.
+    pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+    /// A store of at most [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY)
+    /// records and [`DEFAULT_MAX_BYTES`](Self::DEFAULT_MAX_BYTES) bytes.
     pub fn new() -> Self {
-        Self::build(Self::DEFAULT_CAPACITY)
+        Self::build(Self::DEFAULT_CAPACITY, Self::DEFAULT_MAX_BYTES)
     }
 
     /// A store of at most `capacity` records (rounded up to a multiple of
-    /// its shard count).
+    /// its shard count) and [`DEFAULT_MAX_BYTES`](Self::DEFAULT_MAX_BYTES)
+    /// bytes.
     pub fn with_capacity(capacity: usize) -> Result<Self, ConfigError> {
-        if capacity == 0 {
-            return Err(ConfigError::new(
-                "idempotency memory store",
-                "capacity",
-                "must be at least 1",
-            ));
-        }
-        Ok(Self::build(capacity))
+        Self::with_limits(capacity, Self::DEFAULT_MAX_BYTES)
     }
 
-    fn build(capacity: usize) -> Self {
+    /// A store of at most `capacity` records (rounded up to a multiple of
+    /// its shard count) and `max_bytes` bytes, which must leave each shard
+    /// room for at least one 1 KiB record.
+    ///
+    /// ```
+    /// use seawall_idempotency::MemoryStore;
+    ///
+    /// let store = MemoryStore::with_limits(50_000, 256 * 1024 * 1024).unwrap();
+    /// assert_eq!(store.max_bytes(), 256 * 1024 * 1024);
+    /// assert!(MemoryStore::with_limits(10, 100).is_err());
+    /// ```
+    pub fn with_limits(capacity: usize, max_bytes: usize) -> Result<Self, ConfigError> {
+        if capacity == 0 {
+            return Err(ConfigError::new(STORE, "capacity", "must be at least 1"));
+        }
+        let shards = SHARDS.min(capacity);
+        if max_bytes / shards < 1024 {
+            return Err(ConfigError::new(
+                STORE,
+                "max_bytes",
+                format!("must be at least {} bytes (1 KiB per shard)", shards * 1024),
+            ));
+        }
+        Ok(Self::build(capacity, max_bytes))
+    }
+
+    fn build(capacity: usize, max_bytes: usize) -> Self {
         let shards = SHARDS.min(capacity);
         Self {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard: capacity.div_ceil(shards),
+            limits: Limits {
+                records: capacity.div_ceil(shards),
+                bytes: max_bytes / shards,
+            },
         }
+    }
+
+    /// The most records the store holds.
+    pub fn capacity(&self) -> usize {
+        self.limits.records * self.shards.len()
+    }
+
+    /// The most bytes of records the store holds.
+    pub fn max_bytes(&self) -> usize {
+        self.limits.bytes * self.shards.len()
     }
 
     /// The number of records held, including expired ones not yet dropped.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).map.len()).sum()
+    }
+
+    /// The bytes charged for the records held (see the type's docs).
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).bytes).sum()
     }
 
     /// `true` if no record is held.
@@ -88,14 +196,11 @@ impl MemoryStore {
 
     /// Drops every expired record; returns how many.
     pub fn purge_expired(&self) -> usize {
-        let now = Instant::now();
         self.shards
             .iter()
             .map(|s| {
                 let mut shard = lock(s);
-                let before = shard.map.len();
-                shard.map.retain(|_, e| e.expires_at > now);
-                before - shard.map.len()
+                shard.sweep(Instant::now(), usize::MAX)
             })
             .sum()
     }
@@ -111,8 +216,9 @@ impl MemoryStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let now = Instant::now();
         let mut shard = self.shard(key);
+        // Read under the lock, so items join each queue in expiry order.
+        let now = Instant::now();
         if let Some(entry) = shard.map.get(key) {
             if entry.expires_at > now {
                 if entry.fingerprint != *fingerprint {
@@ -125,45 +231,128 @@ impl MemoryStore {
                     State::Completed(res) => Claim::Completed(res.clone()),
                 });
             }
-            shard.map.remove(key);
+            shard.remove(key);
         }
-        if shard.map.len() >= self.per_shard {
-            shard.make_room(now, self.per_shard);
-            if shard.map.len() >= self.per_shard {
+        // A little sweeping on every claim keeps stale queue items few; a
+        // full sweep of what has expired only when the shard is full. Both
+        // only pop queue fronts: O(1) amortised, as each item is pushed once.
+        shard.sweep(now, 2);
+        if !shard.fits(IN_FLIGHT_SIZE, self.limits) {
+            shard.sweep(now, usize::MAX);
+            if !shard.fits(IN_FLIGHT_SIZE, self.limits) {
                 return Err(StoreError::full());
             }
         }
         let token = FencingToken::random();
+        let expires_at = deadline(now, lease);
+        shard.bytes += IN_FLIGHT_SIZE;
         shard.map.insert(
             *key,
             Entry {
                 fingerprint: *fingerprint,
-                expires_at: now + lease,
+                expires_at,
+                size: IN_FLIGHT_SIZE,
                 state: State::InFlight(token.clone()),
             },
         );
+        shard.enqueue(lease, expires_at, *key);
         Ok(Claim::Claimed(token))
+    }
+
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: &FencingToken,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> Completion {
+        let mut shard = self.shard(key);
+        let now = Instant::now();
+        let Some(held) = shard.map.get(key).filter(|e| holds(e, token, now)) else {
+            return Completion::Fenced;
+        };
+        let held = held.size;
+        let limit = self.limits.bytes;
+        let room = |shard: &Shard, size: usize| shard.bytes - held + size <= limit;
+        let full_size = RECORD_OVERHEAD + response.size();
+        let mut kept = (response.clone(), full_size, Completion::Stored);
+        if !room(&shard, full_size) {
+            shard.sweep(now, usize::MAX);
+            if !room(&shard, full_size) {
+                let bodiless = response.without_body();
+                let size = RECORD_OVERHEAD + bodiless.size();
+                kept = if room(&shard, size) {
+                    (bodiless, size, Completion::StoredWithoutBody)
+                } else {
+                    // Always fits: no larger than the claim's own charge.
+                    let bare = response.status_only();
+                    (bare, RECORD_OVERHEAD, Completion::StoredWithoutBody)
+                };
+            }
+        }
+        let (stored, size, outcome) = kept;
+        let expires_at = deadline(now, retention);
+        shard.bytes = shard.bytes - held + size;
+        if let Some(entry) = shard.map.get_mut(key) {
+            entry.state = State::Completed(stored);
+            entry.expires_at = expires_at;
+            entry.size = size;
+        }
+        shard.enqueue(retention, expires_at, *key);
+        outcome
     }
 }
 
 impl Shard {
-    fn make_room(&mut self, now: Instant, limit: usize) {
-        self.map.retain(|_, e| e.expires_at > now);
-        if self.map.len() < limit {
-            return;
+    fn fits(&self, size: usize, limits: Limits) -> bool {
+        self.map.len() < limits.records && self.bytes + size <= limits.bytes
+    }
+
+    fn remove(&mut self, key: &StoreKey) {
+        if let Some(entry) = self.map.remove(key) {
+            self.bytes -= entry.size;
         }
-        // Still full of live records: evict the completed record that would
-        // expire first, the one least likely to be replayed. A linear scan,
-        // but only when a shard is full.
-        let victim = self
-            .map
-            .iter()
-            .filter(|(_, e)| matches!(e.state, State::Completed(_)))
-            .min_by_key(|(_, e)| e.expires_at)
-            .map(|(k, _)| *k);
-        if let Some(k) = victim {
-            self.map.remove(&k);
+    }
+
+    fn enqueue(&mut self, ttl: Duration, expires_at: Instant, key: StoreKey) {
+        let item = (expires_at, key);
+        match self.queues.iter_mut().find(|q| q.ttl == ttl) {
+            Some(queue) => queue.items.push_back(item),
+            None => self.queues.push(ExpiryQueue {
+                ttl,
+                items: VecDeque::from([item]),
+            }),
         }
+    }
+
+    /// Pops up to `budget` queue items that are due, dropping the records
+    /// that have expired; returns how many records were dropped.
+    fn sweep(&mut self, now: Instant, budget: usize) -> usize {
+        let mut budget = budget;
+        let mut dropped = 0;
+        let Self { map, bytes, queues } = self;
+        for queue in queues.iter_mut() {
+            while budget > 0 {
+                let Some(&(due, key)) = queue.items.front() else {
+                    break;
+                };
+                if due > now {
+                    break;
+                }
+                queue.items.pop_front();
+                budget -= 1;
+                // Stale items point at a record that lives on (renewed,
+                // completed) or is gone; only an expired record is dropped.
+                if map.get(&key).is_some_and(|e| e.expires_at <= now) {
+                    if let Some(entry) = map.remove(&key) {
+                        *bytes -= entry.size;
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        queues.retain(|q| !q.items.is_empty());
+        dropped
     }
 }
 
@@ -186,7 +375,8 @@ impl Default for MemoryStore {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("capacity", &(self.per_shard * self.shards.len()))
+            .field("capacity", &self.capacity())
+            .field("max_bytes", &self.max_bytes())
             .finish_non_exhaustive()
     }
 }
@@ -210,30 +400,17 @@ impl Store for MemoryStore {
         response: &'a StoredResponse,
         retention: Duration,
     ) -> StoreFuture<'a, Completion> {
-        let now = Instant::now();
-        let mut shard = self.shard(key);
-        let done = match shard.map.get_mut(key) {
-            Some(entry) if holds(entry, token, now) => {
-                entry.state = State::Completed(response.clone());
-                entry.expires_at = now + retention;
-                Completion::Stored
-            }
-            _ => Completion::Fenced,
-        };
-        drop(shard);
+        let done = self.complete_now(key, token, response, retention);
         Box::pin(async move { Ok(done) })
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: &'a FencingToken) -> StoreFuture<'a, bool> {
-        let now = Instant::now();
         let mut shard = self.shard(key);
-        let released = match shard.map.get(key) {
-            Some(entry) if holds(entry, token, now) => {
-                shard.map.remove(key);
-                true
-            }
-            _ => false,
-        };
+        let now = Instant::now();
+        let released = shard.map.get(key).is_some_and(|e| holds(e, token, now));
+        if released {
+            shard.remove(key);
+        }
         drop(shard);
         Box::pin(async move { Ok(released) })
     }
@@ -244,15 +421,19 @@ impl Store for MemoryStore {
         token: &'a FencingToken,
         lease: Duration,
     ) -> StoreFuture<'a, bool> {
-        let now = Instant::now();
         let mut shard = self.shard(key);
+        let now = Instant::now();
+        let expires_at = deadline(now, lease);
         let renewed = match shard.map.get_mut(key) {
             Some(entry) if holds(entry, token, now) => {
-                entry.expires_at = now + lease;
+                entry.expires_at = expires_at;
                 true
             }
             _ => false,
         };
+        if renewed {
+            shard.enqueue(lease, expires_at, *key);
+        }
         drop(shard);
         Box::pin(async move { Ok(renewed) })
     }
@@ -265,7 +446,7 @@ mod tests {
     use http::{HeaderMap, StatusCode};
 
     fn key(n: u8) -> StoreKey {
-        StoreKey::new("t", None, &n.to_string())
+        StoreKey::new("t", crate::Scope::Shared, &n.to_string())
     }
 
     fn response(body: &'static str) -> StoredResponse {
@@ -388,34 +569,241 @@ mod tests {
         );
     }
 
+    /// Keys that land in the same shard of a store with `shards` shards.
+    fn same_shard(shards: usize, n: usize) -> Vec<StoreKey> {
+        (0..4096u32)
+            .map(|n| StoreKey::new("t", crate::Scope::Shared, &format!("s{n}")))
+            .filter(|k| usize::from(k.as_bytes()[0]) % shards == 0)
+            .take(n)
+            .collect()
+    }
+
+    fn is_full(r: Result<Claim, StoreError>) -> bool {
+        matches!(r, Err(e) if e.kind() == crate::error::StoreErrorKind::Full)
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn capacity_evicts_completed_never_in_flight() {
+    async fn a_full_store_refuses_rather_than_evicts_live_records() {
         let store = MemoryStore::with_capacity(2).unwrap();
         assert_eq!(store.shards.len(), 2);
-        // Find three keys in the same shard.
-        let same: Vec<StoreKey> = (0..=255u8)
-            .map(key)
-            .filter(|k| k.as_bytes()[0] % 2 == 0)
-            .take(3)
-            .collect();
+        let same = same_shard(2, 3);
         let a = token(store.claim(&same[0], &FP, LEASE).await.unwrap());
-        assert!(matches!(
-            store.claim(&same[1], &FP, LEASE).await.unwrap_err().kind(),
-            crate::error::StoreErrorKind::Full
-        ));
+        // The shard (one record) is full of a claim in flight.
+        assert!(is_full(store.claim(&same[1], &FP, LEASE).await));
         store
             .complete(&same[0], &a, &FP, &response("a"), DAY)
             .await
             .unwrap();
+        // Still full: a completed, unexpired record is never evicted.
+        assert!(is_full(store.claim(&same[1], &FP, LEASE).await));
+        tokio::time::advance(Duration::from_secs(86_399)).await;
+        assert!(is_full(store.claim(&same[1], &FP, LEASE).await));
+        assert_eq!(
+            store.claim(&same[0], &FP, LEASE).await.unwrap(),
+            Claim::Completed(response("a")),
+            "the record is replayed until its retention ends"
+        );
+        // Once it expires, it makes room.
+        tokio::time::advance(Duration::from_secs(1)).await;
         token(store.claim(&same[1], &FP, LEASE).await.unwrap());
-        // same[0]'s record was evicted to make room; same[1] is in flight.
-        assert!(store.claim(&same[0], &FP, LEASE).await.is_err());
         // Expired leases make room too.
         tokio::time::advance(LEASE).await;
         token(store.claim(&same[2], &FP, LEASE).await.unwrap());
         assert_eq!(store.purge_expired(), 0);
         assert!(store.len() <= 2);
         assert!(MemoryStore::with_capacity(0).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_other_keys_never_evict_a_completed_record() {
+        // The review's scenario: Carol's payment completes, then any client
+        // sends more new keys than the store holds.
+        let store = MemoryStore::new();
+        let carol = StoreKey::new("t", crate::Scope::Tenant("carol"), "pay-1");
+        let t = token(store.claim(&carol, &FP, LEASE).await.unwrap());
+        store
+            .complete(&carol, &t, &FP, &response("paid"), DAY)
+            .await
+            .unwrap();
+        let mut refused = 0;
+        for i in 0..(MemoryStore::DEFAULT_CAPACITY * 2) {
+            let k = StoreKey::new("t", crate::Scope::Anonymous, &i.to_string());
+            match store.claim(&k, &FP, LEASE).await {
+                Ok(Claim::Claimed(t)) => {
+                    store
+                        .complete(&k, &t, &FP, &response("x"), DAY)
+                        .await
+                        .unwrap();
+                }
+                Ok(other) => panic!("a fresh key, got {other:?}"),
+                Err(e) => {
+                    assert_eq!(e.kind(), crate::error::StoreErrorKind::Full);
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused >= MemoryStore::DEFAULT_CAPACITY, "{refused}");
+        assert!(store.len() <= store.capacity());
+        assert_eq!(
+            store.claim(&carol, &FP, LEASE).await.unwrap(),
+            Claim::Completed(response("paid"))
+        );
+    }
+
+    fn big(len: usize) -> StoredResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-kept", http::HeaderValue::from_static("yes"));
+        StoredResponse::new(
+            StatusCode::OK,
+            &headers,
+            Bytes::from(vec![b'x'; len]),
+            false,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_are_bounded_and_a_response_too_large_is_kept_without_body() {
+        // One shard of 8 KiB.
+        let store = MemoryStore::with_limits(1, 8 * 1024).unwrap();
+        assert_eq!((store.capacity(), store.max_bytes()), (1, 8 * 1024));
+        let store = MemoryStore::with_limits(1024, 16 * 8 * 1024).unwrap();
+        let same = same_shard(16, 4);
+        let a = token(store.claim(&same[0], &FP, LEASE).await.unwrap());
+        assert_eq!(
+            store
+                .complete(&same[0], &a, &FP, &big(5 * 1024), DAY)
+                .await
+                .unwrap(),
+            Completion::Stored
+        );
+        let charged = store.bytes();
+        assert!(charged > 5 * 1024 && charged < 6 * 1024, "{charged}");
+        // A second 5 KiB response does not fit beside it: kept bodiless.
+        let b = token(store.claim(&same[1], &FP, LEASE).await.unwrap());
+        assert_eq!(
+            store
+                .complete(&same[1], &b, &FP, &big(5 * 1024), DAY)
+                .await
+                .unwrap(),
+            Completion::StoredWithoutBody
+        );
+        let Claim::Completed(kept) = store.claim(&same[1], &FP, LEASE).await.unwrap() else {
+            panic!("completed");
+        };
+        assert!(kept.body().is_empty() && kept.body_omitted());
+        assert_eq!(kept.headers()["x-kept"], "yes");
+        assert!(store.bytes() <= 8 * 1024);
+        // Claims are refused once the shard's bytes are spent, long before
+        // its record bound (64 per shard).
+        let store = MemoryStore::with_limits(1024, 16 * 8 * 1024).unwrap();
+        let keys = same_shard(16, 16);
+        let a = token(store.claim(&keys[0], &FP, LEASE).await.unwrap());
+        store
+            .complete(&keys[0], &a, &FP, &big(7 * 1024), DAY)
+            .await
+            .unwrap();
+        let mut claimed = 0;
+        for k in &keys[1..] {
+            match store.claim(k, &FP, LEASE).await {
+                Ok(Claim::Claimed(_)) => claimed += 1,
+                r => {
+                    assert!(is_full(r));
+                    break;
+                }
+            }
+        }
+        assert!(claimed < 15, "bytes, not records, refused the claims");
+        assert!(store.bytes() <= 8 * 1024);
+        assert!(MemoryStore::with_limits(16, 16 * 1023).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_larger_than_a_whole_shard_keeps_its_status() {
+        let store = MemoryStore::with_limits(1, 1024).unwrap();
+        let k = key(1);
+        let t = token(store.claim(&k, &FP, LEASE).await.unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-huge",
+            http::HeaderValue::from_bytes(&[b'h'; 2048]).unwrap(),
+        );
+        let res = StoredResponse::new(StatusCode::ACCEPTED, &headers, Bytes::new(), false);
+        assert_eq!(
+            store.complete(&k, &t, &FP, &res, DAY).await.unwrap(),
+            Completion::StoredWithoutBody
+        );
+        let Claim::Completed(kept) = store.claim(&k, &FP, LEASE).await.unwrap() else {
+            panic!("completed");
+        };
+        assert_eq!(kept.status(), StatusCode::ACCEPTED);
+        assert!(kept.headers().is_empty());
+        assert!(store.bytes() <= 1024);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_is_found_across_durations_and_renewals() {
+        let store = MemoryStore::new();
+        let short = key(1);
+        let long = key(2);
+        let renewed = key(3);
+        let ts = token(
+            store
+                .claim(&short, &FP, Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+        token(
+            store
+                .claim(&long, &FP, Duration::from_secs(50))
+                .await
+                .unwrap(),
+        );
+        let tr = token(
+            store
+                .claim(&renewed, &FP, Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+        store
+            .complete(&short, &ts, &FP, &response("s"), Duration::from_secs(20))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(store
+            .renew(&renewed, &tr, Duration::from_secs(5))
+            .await
+            .unwrap());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // 6 s: nothing has expired (the renewal moved `renewed` to 9 s).
+        assert_eq!(store.purge_expired(), 0);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(store.purge_expired(), 1, "the renewed claim, at 9 s");
+        tokio::time::advance(Duration::from_secs(12)).await;
+        assert_eq!(store.purge_expired(), 1, "the completed record, at 21 s");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(store.purge_expired(), 1, "the long lease, at 50 s");
+        assert!(store.is_empty());
+        assert_eq!(store.bytes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_durations_saturate_instead_of_panicking() {
+        let store = MemoryStore::new();
+        let k = key(7);
+        let t = token(store.claim(&k, &FP, Duration::MAX).await.unwrap());
+        assert!(store.renew(&k, &t, Duration::MAX).await.unwrap());
+        assert_eq!(
+            store
+                .complete(&k, &t, &FP, &response("forever"), Duration::MAX)
+                .await
+                .unwrap(),
+            Completion::Stored
+        );
+        tokio::time::advance(Duration::from_secs(10 * 365 * 86_400)).await;
+        assert_eq!(
+            store.claim(&k, &FP, LEASE).await.unwrap(),
+            Claim::Completed(response("forever"))
+        );
     }
 
     #[tokio::test(start_paused = true)]

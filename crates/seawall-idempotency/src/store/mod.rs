@@ -61,6 +61,10 @@ pub enum Claim {
 pub enum Completion {
     /// The response is stored.
     Stored,
+    /// The response is stored without its body (and possibly without its
+    /// headers): the store had no room for them. Repeats get the stored
+    /// status with an empty body; the handler does not run again.
+    StoredWithoutBody,
     /// The token no longer holds the key (its lease ended, and the record
     /// expired or was claimed again): nothing was written.
     Fenced,

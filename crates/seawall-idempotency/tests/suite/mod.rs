@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use seawall_idempotency::store::StoreFuture;
 use seawall_idempotency::{
     Claim, Completion, FencingToken, Fingerprint, HandlerPanicked, IdempotencyLayer, KeepPolicy,
-    RequestBody, ResponseBody, Store, StoreKey, StoredResponse,
+    RequestBody, ResponseBody, Scope, Store, StoreKey, StoredResponse,
 };
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneSyncService;
@@ -194,22 +194,58 @@ pub async fn check_methods<St: Store + Clone>(store: St, name: &str) {
 }
 
 /// Malformed keys get 400 and never reach the handler or the store.
-pub async fn check_bad_keys<St: Store>(store: St, name: &str) {
+pub async fn check_bad_keys<St: Store + Clone>(store: St, name: &str) {
     let h = Handler::new();
-    let svc = service(layer(store, name).build().unwrap(), &h);
+    let svc = service(layer(store.clone(), name).build().unwrap(), &h);
     let long = format!("\"{}\"", "k".repeat(256));
-    for bad in ["unquoted", "\"\"", "\"open", "12", long.as_str()] {
+    let long_bare = "k".repeat(256);
+    for bad in [
+        "\"\"",
+        "\"open",
+        "a b",
+        "a,b",
+        "k;p=1",
+        "tab\there",
+        long.as_str(),
+        long_bare.as_str(),
+    ] {
         let a = ok(&svc, req(Some(bad), "{}")).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "key {bad}");
         assert_eq!(a.kind(), "idempotency_key_invalid");
     }
+    let non_ascii = post(None)
+        .header(
+            "idempotency-key",
+            http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    assert_eq!(ok(&svc, non_ascii).await.status, StatusCode::BAD_REQUEST);
+    // Strict mode: only structured-field strings.
+    let strict = service(
+        layer(store, &format!("{name}-strict"))
+            .strict_keys(true)
+            .build()
+            .unwrap(),
+        &h,
+    );
+    for bad in ["unquoted", "12", "8e03978e-40d5"] {
+        let a = ok(&strict, req(Some(bad), "{}")).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "key {bad}");
+        assert_eq!(a.kind(), "idempotency_key_invalid");
+    }
+    assert_eq!(
+        ok(&strict, req(Some("\"quoted\""), "{}")).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(h.runs(), 1);
     let two = post(None)
         .header("idempotency-key", "\"a\"")
         .header("idempotency-key", "\"a\"")
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
     assert_eq!(ok(&svc, two).await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(h.runs(), 0);
+    assert_eq!(h.runs(), 1);
 }
 
 /// A missing key passes through, unless the route requires one.
@@ -226,14 +262,30 @@ pub async fn check_missing_key<St: Store + Clone>(store: St, name: &str) {
     assert_eq!(h.runs(), 2);
 }
 
-/// Lenient mode takes the bare tokens Stripe clients send.
-pub async fn check_lenient<St: Store>(store: St, name: &str) {
+/// By default the bare tokens Stripe clients send are keys, the same keys
+/// as their quoted forms.
+pub async fn check_bare_keys<St: Store>(store: St, name: &str) {
     let h = Handler::new();
-    let svc = service(layer(store, name).lenient_keys(true).build().unwrap(), &h);
-    let first = ok(&svc, req(Some("8e03978e-40d5"), "{}")).await;
-    let again = ok(&svc, req(Some("\"8e03978e-40d5\""), "{}")).await;
+    let svc = service(layer(store, name).build().unwrap(), &h);
+    let first = ok(
+        &svc,
+        req(Some("8e03978e-40d5-43e8-bc93-6894a57f9324"), "{}"),
+    )
+    .await;
     assert_eq!(first.status, StatusCode::CREATED);
-    assert!(again.replayed(), "bare and quoted forms are the same key");
+    let again = ok(
+        &svc,
+        req(Some("8e03978e-40d5-43e8-bc93-6894a57f9324"), "{}"),
+    )
+    .await;
+    assert!(again.replayed(), "status {}", again.status);
+    let quoted = ok(
+        &svc,
+        req(Some("\"8e03978e-40d5-43e8-bc93-6894a57f9324\""), "{}"),
+    )
+    .await;
+    assert!(quoted.replayed(), "bare and quoted forms are the same key");
+    assert_eq!(quoted.body, first.body);
     assert_eq!(h.runs(), 1);
 }
 
@@ -312,6 +364,92 @@ pub async fn check_body_limit<St: Store>(store: St, name: &str) {
     let small = ok(&svc, req(Some("\"b\""), "{}")).await;
     assert_eq!(small.status, StatusCode::CREATED);
     assert!(!small.replayed(), "the 413s stored nothing under the key");
+}
+
+fn as_principal(key: &str, auth: Option<&str>, cookie: Option<&str>) -> Request<Full<Bytes>> {
+    let mut b = post(Some(key));
+    if let Some(a) = auth {
+        b = b.header(header::AUTHORIZATION, a);
+    }
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    b.body(Full::new(Bytes::from_static(b"{\"amount\":100}")))
+        .unwrap()
+}
+
+/// By default records are scoped by the caller's credentials: Bob sending
+/// Alice's key value runs his own request and never sees Alice's body; an
+/// anonymous caller and a caller with a bogus token neither; each replays
+/// only their own.
+pub async fn check_principals<St: Store>(store: St, name: &str) {
+    let h = Handler::new();
+    let svc = service(layer(store, name).build().unwrap(), &h);
+    let alice = ok(&svc, as_principal("order-42", Some("Bearer alice"), None)).await;
+    let bob = ok(&svc, as_principal("order-42", Some("Bearer bob"), None)).await;
+    let anonymous = ok(&svc, as_principal("order-42", None, None)).await;
+    let bogus = ok(&svc, as_principal("order-42", Some("Bearer alice "), None)).await;
+    let cookie = ok(&svc, as_principal("order-42", None, Some("session=alice"))).await;
+    let answers = [&alice, &bob, &anonymous, &bogus, &cookie];
+    for a in answers {
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert!(!a.replayed(), "{}", String::from_utf8_lossy(&a.body));
+    }
+    assert_eq!(h.runs(), 5, "five principals, five executions");
+    for (i, x) in answers.iter().enumerate() {
+        for y in &answers[i + 1..] {
+            assert_ne!(x.body, y.body, "no principal sees another's body");
+        }
+    }
+    // The same principal replays its own answer.
+    let alice_again = ok(&svc, as_principal("order-42", Some("Bearer alice"), None)).await;
+    assert!(alice_again.replayed());
+    assert_eq!(alice_again.body, alice.body);
+    let bob_again = ok(&svc, as_principal("order-42", Some("Bearer bob"), None)).await;
+    assert!(bob_again.replayed());
+    assert_eq!(bob_again.body, bob.body);
+    let anonymous_again = ok(&svc, as_principal("order-42", None, None)).await;
+    assert!(anonymous_again.replayed());
+    assert_eq!(anonymous_again.body, anonymous.body);
+    assert_eq!(h.runs(), 5);
+}
+
+/// A configured API-key field scopes records; `unscoped()` shares them.
+pub async fn check_scope_options<St: Store + Clone>(store: St, name: &str) {
+    let h = Handler::new();
+    let api_key = http::HeaderName::from_static("x-api-key");
+    let keyed = service(
+        layer(store.clone(), name)
+            .credential_headers([header::AUTHORIZATION, api_key.clone()])
+            .build()
+            .unwrap(),
+        &h,
+    );
+    let with_key = |k: &'static str| {
+        post(Some("same"))
+            .header(api_key.clone(), k)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    let one = ok(&keyed, with_key("k1")).await;
+    let two = ok(&keyed, with_key("k2")).await;
+    assert!(!one.replayed() && !two.replayed());
+    assert!(ok(&keyed, with_key("k1")).await.replayed());
+    assert_eq!(h.runs(), 2);
+
+    let h = Handler::new();
+    let shared = service(
+        layer(store, &format!("{name}-unscoped"))
+            .unscoped()
+            .build()
+            .unwrap(),
+        &h,
+    );
+    let alice = ok(&shared, as_principal("k", Some("Bearer alice"), None)).await;
+    let bob = ok(&shared, as_principal("k", Some("Bearer bob"), None)).await;
+    assert!(bob.replayed(), "unscoped: one key space for every caller");
+    assert_eq!(bob.body, alice.body);
+    assert_eq!(h.runs(), 1);
 }
 
 /// Tenants never share records, even with the same key and request.
@@ -544,7 +682,7 @@ pub async fn check_lease_takeover<St: Store>(store: St, name: &str, expire: Expi
         async move { ok(&svc, gated).await }
     });
     h.entered.acquire().await.unwrap().forget();
-    expire(StoreKey::new(name, None, "t")).await;
+    expire(StoreKey::new(name, Scope::Anonymous, "t")).await;
     let successor = ok(&svc, req(Some("\"t\""), "{}")).await;
     assert_eq!(successor.body, "run 2 body 2");
     assert!(!successor.replayed());
@@ -563,30 +701,28 @@ pub async fn check_lease_takeover<St: Store>(store: St, name: &str, expire: Expi
     assert_eq!(h.runs(), 2);
 }
 
-/// A panicking handler fails its request and frees the key at once.
+/// A panicking handler fails its request, and its key is free before the
+/// failure is returned: the immediate retry runs, never a 409.
 pub async fn check_panic_releases<St: Store>(store: St, name: &str) {
     let h = Handler::new();
     let svc = service(layer(store, name).build().unwrap(), &h);
-    let panicking = post(Some("\"p\""))
-        .header("x-panic", "1")
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap();
-    let err = send(&svc, panicking)
-        .await
-        .expect_err("the panic is an error");
-    assert!(err.is::<HandlerPanicked>());
-    // The release runs in a task spawned by the unwinding guard.
-    let mut retry = ok(&svc, req(Some("\"p\""), "{}")).await;
-    for _ in 0..100 {
-        if retry.status != StatusCode::CONFLICT {
-            break;
-        }
-        tokio::task::yield_now().await;
-        retry = ok(&svc, req(Some("\"p\""), "{}")).await;
+    for round in 0..3 {
+        let key = format!("p{round}");
+        let panicking = post(Some(&key))
+            .header("x-panic", "1")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let err = send(&svc, panicking)
+            .await
+            .expect_err("the panic is an error");
+        assert!(err.is::<HandlerPanicked>());
+        // No yield, no wait: the release was awaited before the error.
+        let retry = ok(&svc, req(Some(&key), "{}")).await;
+        assert_eq!(retry.status, StatusCode::CREATED, "round {round}");
+        assert!(!retry.replayed());
+        assert!(ok(&svc, req(Some(&key), "{}")).await.replayed());
     }
-    assert_eq!(retry.status, StatusCode::CREATED);
-    assert!(!retry.replayed());
-    assert_eq!(h.runs(), 2);
+    assert_eq!(h.runs(), 6, "each panic, then each retry");
 }
 
 /// A client that goes away does not stop the handler: it completes and is
@@ -645,7 +781,9 @@ pub async fn check_all<St: Store + Clone>(store: St, prefix: &str, expire: Expir
     check_methods(store.clone(), &format!("{prefix}-methods")).await;
     check_bad_keys(store.clone(), &format!("{prefix}-bad-keys")).await;
     check_missing_key(store.clone(), &format!("{prefix}-missing")).await;
-    check_lenient(store.clone(), &format!("{prefix}-lenient")).await;
+    check_bare_keys(store.clone(), &format!("{prefix}-bare")).await;
+    check_principals(store.clone(), &format!("{prefix}-principals")).await;
+    check_scope_options(store.clone(), &format!("{prefix}-scope-options")).await;
     check_replay(store.clone(), &format!("{prefix}-replay")).await;
     check_mismatch(store.clone(), &format!("{prefix}-mismatch")).await;
     check_body_limit(store.clone(), &format!("{prefix}-limit")).await;
