@@ -1,6 +1,12 @@
 //! The tier chain: what runs once a call has failed.
 
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
 
 use seawall_core::{BoxError, Listener, SharedState};
 use tower::util::BoxCloneSyncService;
@@ -52,7 +58,7 @@ pub(crate) enum Original<Res> {
 }
 
 impl<M: Mode, C, L: Listener<FallbackEvent>> Shared<M, C, L> {
-    fn emit(&self, event: impl FnOnce(Arc<str>) -> FallbackEvent) {
+    pub(crate) fn emit(&self, event: impl FnOnce(Arc<str>) -> FallbackEvent) {
         if L::ENABLED {
             self.listener.on_event(&event(self.name.clone()));
         }
@@ -60,6 +66,10 @@ impl<M: Mode, C, L: Listener<FallbackEvent>> Shared<M, C, L> {
 }
 
 /// Tries each tier in order; returns the original failure if none answers.
+///
+/// Each tier runs user code (a key function, a service, a function, a
+/// value's `Clone`): a panic in it is caught, reported, and the next tier
+/// tried, so one broken tier never takes the answer of the others down.
 pub(crate) async fn run<M, C, L, Res>(
     shared: SharedState<Shared<M, C, L>>,
     info: Option<M::Info>,
@@ -79,42 +89,52 @@ where
             // Only value tiers run without request info (`needs_info` is
             // false only when every tier is a value).
             if let Stage::Value(value) = stage {
-                return Ok(served(&shared, stage.tier(), cause_kind, |m| {
-                    m.serve(value.clone(), Degraded::new(Tier::Value))
-                }));
+                match guarded(|| value.clone()) {
+                    Ok(value) => {
+                        return Ok(served(&shared, stage.tier(), cause_kind, |m| {
+                            m.serve(value, Degraded::new(Tier::Value))
+                        }));
+                    }
+                    Err(Panicked) => panicked(&shared, stage.tier()),
+                }
             }
             continue;
         };
-        match stage {
-            Stage::LastKnownGood(slot) => {
-                if let Some((value, age)) = slot.recall(info) {
-                    let degraded = Degraded::aged(Tier::LastKnownGood, age);
-                    return Ok(served(&shared, stage.tier(), cause_kind, |m| {
-                        m.serve(value, degraded)
-                    }));
-                }
-            }
+        let answer = match stage {
+            Stage::LastKnownGood(slot) => guarded(|| {
+                let usable = |stored: &M::Stored| shared.mode.usable(stored, info);
+                slot.recall(info, &usable)
+                    .map(|(value, age)| (value, Degraded::aged(Tier::LastKnownGood, age)))
+            }),
             Stage::Alternative(svc) => {
-                if let Ok(res) = svc.clone().oneshot(info.clone()).await {
-                    if shared.mode.alternative_usable(&res) {
+                let call = Guarded::new(async {
+                    let res = svc.clone().oneshot(info.clone()).await.ok()?;
+                    shared.mode.alternative_usable(&res).then_some(res)
+                });
+                match call.await {
+                    Ok(Some(res)) => {
                         return Ok(served(&shared, stage.tier(), cause_kind, |m| {
                             m.serve_alternative(res, Degraded::new(Tier::Alternative))
                         }));
                     }
+                    Ok(None) => Ok(None),
+                    Err(Panicked) => Err(Panicked),
                 }
             }
-            Stage::Function(f) => {
-                if let Some(value) = f(info, &cause_of(&original, status)) {
-                    return Ok(served(&shared, stage.tier(), cause_kind, |m| {
-                        m.serve(value, Degraded::new(Tier::Function))
-                    }));
-                }
-            }
-            Stage::Value(value) => {
+            Stage::Function(f) => guarded(|| {
+                f(info, &cause_of(&original, status))
+                    .map(|value| (value, Degraded::new(Tier::Function)))
+            }),
+            Stage::Value(value) => guarded(|| Some((value.clone(), Degraded::new(Tier::Value)))),
+        };
+        match answer {
+            Ok(Some((value, degraded))) => {
                 return Ok(served(&shared, stage.tier(), cause_kind, |m| {
-                    m.serve(value.clone(), Degraded::new(Tier::Value))
+                    m.serve(value, degraded)
                 }));
             }
+            Ok(None) => {}
+            Err(Panicked) => panicked(&shared, stage.tier()),
         }
     }
     shared.emit(|layer| FallbackEvent::Exhausted {
@@ -124,6 +144,45 @@ where
     match original {
         Original::Error(err) => Err(err),
         Original::Response(res) => Ok(M::pass(res)),
+    }
+}
+
+/// A tier panicked; the panic was caught.
+struct Panicked;
+
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| Panicked)
+}
+
+fn panicked<M: Mode, C, L: Listener<FallbackEvent>>(shared: &Shared<M, C, L>, tier: Tier) {
+    shared.emit(|layer| FallbackEvent::TierPanicked { layer, tier });
+}
+
+pin_project! {
+    /// Polls a tier's future, turning a panic into [`Panicked`]. Once it
+    /// has panicked, the future is dropped, never polled again.
+    struct Guarded<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F> Guarded<F> {
+    fn new(fut: F) -> Self {
+        Self { fut }
+    }
+}
+
+impl<F: Future> Future for Guarded<F> {
+    type Output = Result<F::Output, Panicked>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.project().fut;
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(Panicked)),
+        }
     }
 }
 

@@ -19,6 +19,16 @@ pub enum FallbackEvent {
         /// Why the layer fired.
         cause: CauseKind,
     },
+    /// A tier panicked — its function, its service or its future, or the
+    /// last-known-good key function (while serving or recording). The
+    /// panic was caught: a failing call went on to the next tier; a
+    /// successful one passed through unrecorded.
+    TierPanicked {
+        /// The layer's name.
+        layer: Arc<str>,
+        /// The tier that panicked.
+        tier: Tier,
+    },
     /// Every tier came up empty; the original failure was returned.
     Exhausted {
         /// The layer's name.
@@ -33,12 +43,15 @@ impl Event for FallbackEvent {
         match self {
             FallbackEvent::Served { .. } => "fallback_served",
             FallbackEvent::Exhausted { .. } => "fallback_exhausted",
+            FallbackEvent::TierPanicked { .. } => "fallback_tier_panicked",
         }
     }
 
     fn layer(&self) -> &str {
         match self {
-            FallbackEvent::Served { layer, .. } | FallbackEvent::Exhausted { layer, .. } => layer,
+            FallbackEvent::Served { layer, .. }
+            | FallbackEvent::Exhausted { layer, .. }
+            | FallbackEvent::TierPanicked { layer, .. } => layer,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -11,6 +12,7 @@ use seawall_core::{rejection, BoxError, Classify, Listener, Outcome, SharedState
 use crate::chain::{self, Original, Shared};
 use crate::event::FallbackEvent;
 use crate::mode::{Mode, Respond};
+use crate::tier::Tier;
 
 type Falling<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
@@ -173,6 +175,8 @@ where
     Box::pin(chain::run(shared, info, original))
 }
 
+/// Passes a success on, recording it for the last-known-good tier when the
+/// mode allows it for this request and the key function gives a key.
 #[inline(never)]
 fn record<M, C, L, Res>(
     shared: &Shared<M, C, L>,
@@ -181,14 +185,27 @@ fn record<M, C, L, Res>(
 ) -> <M as Respond<Res>>::Response
 where
     M: Respond<Res>,
+    L: Listener<FallbackEvent>,
 {
-    let info = info.filter(|info| shared.mode.storable(info));
-    if let (Some(slot), Some(info)) = (&shared.last_known_good, info) {
-        if let Some(recorder) = slot.recorder(info) {
-            return shared.mode.record(res, recorder);
+    let (Some(slot), Some(info)) = (&shared.last_known_good, info) else {
+        return M::pass(res);
+    };
+    if !shared.mode.storable(info, slot.key_includes_principal()) {
+        return M::pass(res);
+    }
+    // The key function is the user's code: a panic in it costs this copy,
+    // not the response.
+    match catch_unwind(AssertUnwindSafe(|| slot.recorder(info))) {
+        Ok(Some(recorder)) => shared.mode.record(res, info, recorder),
+        Ok(None) => M::pass(res),
+        Err(_) => {
+            shared.emit(|layer| FallbackEvent::TierPanicked {
+                layer,
+                tier: Tier::LastKnownGood,
+            });
+            M::pass(res)
         }
     }
-    M::pass(res)
 }
 
 impl<F, T, M: Mode, C, L> fmt::Debug for ResponseFuture<F, T, M, C, L> {

@@ -2,13 +2,14 @@
 //! [`FallbackBody`] that streams, records or replays response bodies.
 
 use std::fmt;
+use std::mem::size_of;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONNECTION, SET_COOKIE, TE, TRANSFER_ENCODING,
-    UPGRADE,
+    HeaderName, HeaderValue, AGE, AUTHORIZATION, CACHE_CONTROL, CONNECTION, COOKIE,
+    PROXY_AUTHORIZATION, SET_COOKIE, TE, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -16,6 +17,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use seawall_core::{BoxError, Classify, ConfigError, HttpClassifier};
+use sha2::{Digest, Sha256};
 use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
@@ -44,14 +46,42 @@ pub type AlternativeResponse = Response<UnsyncBoxBody<Bytes, BoxError>>;
 ///   records one, up to [`max_body_size`](Builder::max_body_size) bytes are
 ///   copied aside as they pass and stored when the body ends. A bigger body,
 ///   one that errs or one with trailers (gRPC status lives there) still
-///   reaches the client intact but is not stored; neither is a response
-///   marked `Cache-Control: no-store`, nor a `304 Not Modified` or
-///   `206 Partial Content`, nor an answer to `HEAD`. Stored copies drop
-///   `Set-Cookie` and hop-by-hop headers.
+///   reaches the client intact but is not stored.
 /// - Degraded responses carry a [`Degraded`] extension and, by default, the
 ///   header `seawall-degraded: <tier>`; last-known-good answers also carry
 ///   `Age` (RFC 9111 §5.1): the `Age` the response arrived with plus the
 ///   time it was held.
+///
+/// # What the last-known-good tier stores
+///
+/// The tier is a cache shared by every caller whose request has the same
+/// key, so it follows RFC 9111's rules for a shared cache. An answer is
+/// stored — and replaces the entry under its key — only if all hold:
+///
+/// - the classifier calls it a success **and** its status is `200 OK`,
+///   `203 Non-Authoritative Information` or `204 No Content`: a whole,
+///   healthy answer. Any other status (`201`, `206`, `304`, every 3xx, 4xx
+///   such as `401`/`403`/`404`, and 5xx) passes to its client and leaves
+///   the stored entry as it was;
+/// - the request is not `HEAD`, and carries no `Cache-Control: no-store`;
+/// - the request carries no credentials (`Authorization`,
+///   `Proxy-Authorization`, `Cookie`; §3.5), unless the tier was told that
+///   its key [includes the principal](crate::LastKnownGood::key_includes_principal);
+/// - the response's `Cache-Control` has no `no-store`, and no `private`
+///   (§5.2.2.7) — except, with a key that includes the principal, for an
+///   answer to a request that carried credentials; a `Cache-Control` value
+///   that is not readable text counts as forbidding;
+/// - the response carries no `Set-Cookie`: it is per-user by nature;
+/// - its `Vary` is not `*` (§4.1) and names only valid field names.
+///
+/// A stored answer is served only to a request with the same key **and**
+/// the same values (byte for byte, in order) of every request field its
+/// `Vary` names; other variants fall through to the next tier. One variant
+/// is kept per key, the latest. The variant is remembered as a SHA-256
+/// digest of those values, so credentials named by `Vary` are not kept.
+/// Stored copies drop hop-by-hop headers. While the tier is configured, the
+/// request's header map is kept (reference-counted values, not copies of
+/// them) until the call ends, to judge the above.
 #[derive(Debug, Clone)]
 pub struct Http {
     headers: CapturedHeaders,
@@ -59,6 +89,9 @@ pub struct Http {
     max_body_size: usize,
     degraded_header: Option<HeaderName>,
     alternative_classifier: HttpClassifier,
+    /// Set when the last-known-good tier is configured: it needs every
+    /// request field (credentials, `Cache-Control`, those `Vary` names).
+    keep_request_headers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +108,7 @@ impl Default for Http {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             degraded_header: Some(DEGRADED_HEADER),
             alternative_classifier: HttpClassifier::new(),
+            keep_request_headers: false,
         }
     }
 }
@@ -195,6 +229,9 @@ struct InfoParts {
     version: Version,
     headers: HeaderMap,
     extensions: Extensions,
+    /// Every request field, when kept for the last-known-good tier and not
+    /// already in `headers`.
+    request_headers: Option<HeaderMap>,
 }
 
 impl RequestInfo {
@@ -207,6 +244,7 @@ impl RequestInfo {
                 version: Version::default(),
                 headers: HeaderMap::new(),
                 extensions: Extensions::new(),
+                request_headers: None,
             }),
         }
     }
@@ -246,6 +284,24 @@ impl RequestInfo {
         &mut self.parts.extensions
     }
 
+    /// Every field of the request when kept, else the captured ones.
+    fn request_headers(&self) -> &HeaderMap {
+        self.parts
+            .request_headers
+            .as_ref()
+            .unwrap_or(&self.parts.headers)
+    }
+
+    /// `true` if the request carried credentials: it was made on someone's
+    /// behalf (RFC 9111 §3.5 names `Authorization`; a cookie or a proxy's
+    /// credentials identify a principal as well).
+    fn has_credentials(&self) -> bool {
+        let headers = self.request_headers();
+        [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]
+            .iter()
+            .any(|name| headers.contains_key(name))
+    }
+
     /// A request with the same method, URI, version, captured headers and
     /// extensions, and `body`; for calling an alternative HTTP service.
     pub fn to_request<B>(&self, body: B) -> Request<B> {
@@ -270,8 +326,27 @@ impl Mode for Http {
 
     /// An answer to HEAD has no body: under a key that ignores the method
     /// it would be replayed to a GET as an empty (or truncated) response.
-    fn storable(&self, info: &RequestInfo) -> bool {
+    /// A request's `no-store` asks that nothing of this exchange be kept;
+    /// one with credentials is someone's own.
+    fn storable(&self, info: &RequestInfo, key_includes_principal: bool) -> bool {
         info.method() != Method::HEAD
+            && !cache_control(info.request_headers()).no_store
+            && (key_includes_principal || !info.has_credentials())
+    }
+
+    fn usable(&self, stored: &StoredResponse, info: &RequestInfo) -> bool {
+        match vary_names(stored.headers()) {
+            Some(names) if names.is_empty() => true,
+            Some(names) => stored
+                .extensions()
+                .get::<Variant>()
+                .is_some_and(|variant| *variant == Variant::of(&names, info.request_headers())),
+            None => false,
+        }
+    }
+
+    fn enable_last_known_good(&mut self) {
+        self.keep_request_headers = true;
     }
 }
 
@@ -293,6 +368,9 @@ impl<B> Capture<Request<B>> for Http {
         for copy in &self.extensions {
             copy(req.extensions(), &mut extensions);
         }
+        let request_headers = (self.keep_request_headers
+            && !matches!(self.headers, CapturedHeaders::All))
+        .then(|| req.headers().clone());
         RequestInfo {
             parts: Box::new(InfoParts {
                 method: req.method().clone(),
@@ -300,6 +378,7 @@ impl<B> Capture<Request<B>> for Http {
                 version: req.version(),
                 headers,
                 extensions,
+                request_headers,
             }),
         }
     }
@@ -334,16 +413,24 @@ where
         res.map(|body| FallbackBody::new(Kind::Inner { body }))
     }
 
-    fn record(&self, res: Response<B>, recorder: Recorder<StoredResponse>) -> Self::Response {
+    fn record(
+        &self,
+        res: Response<B>,
+        info: &RequestInfo,
+        recorder: Recorder<StoredResponse>,
+    ) -> Self::Response {
         let (parts, body) = res.into_parts();
         let fits = body
             .size_hint()
             .lower()
             .try_into()
             .is_ok_and(|lower: usize| lower <= self.max_body_size);
-        if !fits || !is_whole(parts.status) || forbids_storing(&parts.headers) {
+        let variant = fits
+            .then(|| storable_variant(&parts, info, recorder.includes_principal()))
+            .flatten();
+        let Some(variant) = variant else {
             return Response::from_parts(parts, FallbackBody::new(Kind::Inner { body }));
-        }
+        };
         let mut headers = parts.headers.clone();
         // Hop-by-hop fields belong to the original connection and framing,
         // not to a replay whose body is now a single buffer; `Connection`
@@ -359,13 +446,11 @@ where
         for name in HOP_BY_HOP.into_iter().chain(nominated) {
             headers.remove(name);
         }
-        // A replay may reach another client with the same key: never hand
-        // it someone else's session.
-        headers.remove(SET_COOKIE);
         let recording = Recording {
             status: parts.status,
             version: parts.version,
             headers,
+            variant,
             chunks: Vec::new(),
             len: 0,
             limit: self.max_body_size,
@@ -385,6 +470,7 @@ where
 
     fn serve(&self, stored: StoredResponse, degraded: Degraded) -> Self::Response {
         let mut res = stored.map(|data| FallbackBody::new(Kind::Full { data: Some(data) }));
+        res.extensions_mut().remove::<Variant>();
         self.mark(&mut res, degraded);
         res
     }
@@ -409,21 +495,117 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     UPGRADE,
 ];
 
-/// `Cache-Control: no-store` (RFC 9111 §5.2.2.5) asks that the response not
-/// be kept anywhere; a last-known-good copy would be one.
-fn forbids_storing(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|directive| directive.trim().eq_ignore_ascii_case("no-store"))
+/// The `Cache-Control` directives that decide storing (RFC 9111 §5.2).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CacheControl {
+    /// `no-store`, or a value that is not readable text (which might have
+    /// said so).
+    no_store: bool,
+    /// `private`, with or without a field list (§5.2.2.7): either way the
+    /// response was meant for one user.
+    private: bool,
 }
 
-/// A 304 confirms the copy its client already holds and a 206 carries one
-/// range of it: replayed to another request, either would be wrong.
-fn is_whole(status: StatusCode) -> bool {
-    status != StatusCode::NOT_MODIFIED && status != StatusCode::PARTIAL_CONTENT
+fn cache_control(headers: &HeaderMap) -> CacheControl {
+    let mut found = CacheControl::default();
+    for value in headers.get_all(CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else {
+            found.no_store = true;
+            continue;
+        };
+        // A quoted comma splits a `private="a, b"` argument; the directive
+        // name before it is still read, and what follows is no directive.
+        for directive in value.split(',') {
+            let name = directive.split('=').next().unwrap_or_default().trim();
+            if name.eq_ignore_ascii_case("no-store") {
+                found.no_store = true;
+            } else if name.eq_ignore_ascii_case("private") {
+                found.private = true;
+            }
+        }
+    }
+    found
+}
+
+/// A whole, healthy answer that can stand in for a later one: `200`, `203`
+/// or `204`. Not a `206` (one range of it), a `304` (confirms a copy its
+/// client holds), a `201`/`202` (the outcome of one request), a redirect,
+/// nor any 4xx or 5xx.
+fn stands_in(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::OK | StatusCode::NON_AUTHORITATIVE_INFORMATION | StatusCode::NO_CONTENT
+    )
+}
+
+/// The request fields a response's `Vary` names, in order; `None` for
+/// `Vary: *` or a value that cannot be read as field names.
+fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(VARY) {
+        let value = value.to_str().ok()?;
+        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if token == "*" {
+                return None;
+            }
+            names.push(HeaderName::from_bytes(token.as_bytes()).ok()?);
+        }
+    }
+    Some(names)
+}
+
+/// The values of the request fields a stored response's `Vary` names, as a
+/// SHA-256 digest: compared on recall, never kept in clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Variant([u8; 32]);
+
+impl Variant {
+    fn of(names: &[HeaderName], request: &HeaderMap) -> Self {
+        let mut digest = Sha256::new();
+        // Length-prefixed, so that no two different sets of values give
+        // the same input.
+        for name in names {
+            digest.update((name.as_str().len() as u64).to_le_bytes());
+            digest.update(name.as_str());
+            let values = request.get_all(name);
+            digest.update((values.iter().count() as u64).to_le_bytes());
+            for value in values {
+                digest.update((value.len() as u64).to_le_bytes());
+                digest.update(value.as_bytes());
+            }
+        }
+        Self(digest.finalize().into())
+    }
+}
+
+/// The variant to store this answer as, if it may be stored at all (see
+/// [`Http`]'s rules).
+fn storable_variant(
+    parts: &http::response::Parts,
+    info: &RequestInfo,
+    key_includes_principal: bool,
+) -> Option<Variant> {
+    if !stands_in(parts.status) || parts.headers.contains_key(SET_COOKIE) {
+        return None;
+    }
+    let directives = cache_control(&parts.headers);
+    let private_ok = key_includes_principal && info.has_credentials();
+    if directives.no_store || (directives.private && !private_ok) {
+        return None;
+    }
+    let names = vary_names(&parts.headers)?;
+    Some(Variant::of(&names, info.request_headers()))
+}
+
+/// The memory a stored response holds: its body, its fields and the
+/// response itself.
+fn stored_size(headers: &HeaderMap, body: usize) -> usize {
+    const PER_FIELD: usize = size_of::<HeaderName>() + size_of::<HeaderValue>();
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + PER_FIELD)
+        .fold(body, usize::saturating_add)
+        .saturating_add(size_of::<StoredResponse>() + size_of::<Variant>())
 }
 
 /// The `Age` a stored response arrived with (RFC 9111 §5.1, delta-seconds):
@@ -447,6 +629,7 @@ struct Recording {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    variant: Variant,
     chunks: Vec<Bytes>,
     len: usize,
     limit: usize,
@@ -471,6 +654,7 @@ impl Recording {
             status,
             version,
             headers,
+            variant,
             chunks,
             len,
             recorder,
@@ -483,11 +667,13 @@ impl Recording {
             buf.extend_from_slice(chunk);
         }
         let body = buf.freeze();
+        let bytes = stored_size(&headers, body.len());
         let mut res = Response::new(body);
         *res.status_mut() = status;
         *res.version_mut() = version;
         *res.headers_mut() = headers;
-        recorder.record(res);
+        res.extensions_mut().insert(variant);
+        recorder.record(res, bytes);
     }
 }
 
@@ -627,19 +813,90 @@ mod tests {
     }
 
     #[test]
-    fn no_store_is_found_among_directives() {
-        assert!(forbids_storing(&headers(&["no-store"])));
-        assert!(forbids_storing(&headers(&["max-age=0 , NO-STORE"])));
-        assert!(forbids_storing(&headers(&["public", "no-store"])));
-        assert!(!forbids_storing(&headers(&["no-cache, max-age=60"])));
-        assert!(!forbids_storing(&headers(&["x-no-store-hint"])));
-        assert!(!forbids_storing(&HeaderMap::new()));
+    fn cache_control_directives_are_found() {
+        let cc = |values: &[&'static str]| cache_control(&headers(values));
+        assert!(cc(&["no-store"]).no_store);
+        assert!(cc(&["max-age=0 , NO-STORE"]).no_store);
+        assert!(cc(&["public", "no-store"]).no_store);
+        assert_eq!(cc(&["no-cache, max-age=60"]), CacheControl::default());
+        assert_eq!(cc(&["x-no-store-hint"]), CacheControl::default());
+        assert_eq!(cache_control(&HeaderMap::new()), CacheControl::default());
+        assert!(cc(&["Private"]).private);
+        assert!(cc(&["max-age=60, private=\"set-cookie, x-user\""]).private);
+        assert!(!cc(&["public, max-age=60"]).private);
         let mut opaque = HeaderMap::new();
         opaque.insert(
             CACHE_CONTROL,
-            HeaderValue::from_bytes(b"no-store\xff").expect("obs-text is a valid value"),
+            HeaderValue::from_bytes(b"public\xff").expect("obs-text is a valid value"),
         );
-        assert!(!forbids_storing(&opaque), "unreadable values are ignored");
+        assert!(
+            cache_control(&opaque).no_store,
+            "an unreadable value may have said no-store"
+        );
+    }
+
+    #[test]
+    fn only_whole_healthy_statuses_stand_in() {
+        for code in [200, 203, 204] {
+            assert!(stands_in(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [201, 202, 205, 206, 301, 304, 401, 403, 404, 429, 500, 503] {
+            assert!(!stands_in(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+
+    #[test]
+    fn vary_is_read_defensively() {
+        let vary = |values: &[&'static str]| {
+            let mut map = HeaderMap::new();
+            for value in values {
+                map.append(VARY, HeaderValue::from_static(value));
+            }
+            vary_names(&map)
+        };
+        assert_eq!(vary(&[]), Some(vec![]));
+        assert_eq!(
+            vary(&["Accept-Encoding, Authorization", "x-tenant"]),
+            Some(vec![
+                HeaderName::from_static("accept-encoding"),
+                AUTHORIZATION,
+                HeaderName::from_static("x-tenant"),
+            ])
+        );
+        assert_eq!(vary(&["accept, *"]), None);
+        assert_eq!(vary(&["*"]), None);
+        assert_eq!(vary(&["a b"]), None, "not a field name");
+    }
+
+    #[test]
+    fn variants_differ_by_any_named_value() {
+        let names = [AUTHORIZATION, HeaderName::from_static("accept")];
+        let req = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        let alice = Variant::of(&names, &req(&[("authorization", "Bearer alice")]));
+        assert_eq!(
+            alice,
+            Variant::of(
+                &names,
+                &req(&[("authorization", "Bearer alice"), ("x-other", "1")])
+            )
+        );
+        assert_ne!(alice, Variant::of(&names, &req(&[])));
+        assert_ne!(
+            alice,
+            Variant::of(&names, &req(&[("authorization", "Bearer eve")]))
+        );
+        // Moving bytes between fields or values changes the digest.
+        assert_ne!(
+            Variant::of(&names, &req(&[("accept", "ab")])),
+            Variant::of(&names, &req(&[("accept", "a"), ("accept", "b")]))
+        );
+        assert_ne!(Variant::of(&names, &req(&[])), Variant::of(&[], &req(&[])));
     }
 
     #[test]

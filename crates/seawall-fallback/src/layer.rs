@@ -221,7 +221,16 @@ impl<M: Mode, C, L> Builder<M, C, L> {
     /// with the same key fails. A `None` key neither records nor serves.
     ///
     /// The key decides who may see whose response: include everything that
-    /// makes responses differ (user, tenant, language...).
+    /// makes responses differ (user, tenant, language...). Whatever the key,
+    /// answers to requests carrying credentials are stored only if `config`
+    /// says [`key_includes_principal`](LastKnownGood::key_includes_principal),
+    /// and for HTTP the rules of a shared cache apply (see
+    /// [`Http`](crate::Http#what-the-last-known-good-tier-stores)).
+    ///
+    /// A key function that panics is caught: the request is neither
+    /// recorded nor served from this tier, and a
+    /// [`FallbackEvent::TierPanicked`](crate::FallbackEvent::TierPanicked)
+    /// is emitted.
     #[must_use]
     pub fn last_known_good<K, F>(mut self, config: LastKnownGood, key: F) -> Self
     where
@@ -240,6 +249,7 @@ impl<M: Mode, C, L> Builder<M, C, L> {
             self.fail(err);
             return self;
         }
+        self.mode.enable_last_known_good();
         let slot: Arc<dyn Slot<M::Info, M::Stored>> = Arc::new(Store::new(config, key));
         self.last_known_good = Some(slot.clone());
         self.stages.push(Stage::LastKnownGood(slot));

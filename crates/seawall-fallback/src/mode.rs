@@ -31,11 +31,23 @@ pub trait Mode: Send + Sync + 'static {
     }
 
     /// `false` if no answer to this request may be stored for the
-    /// last-known-good tier, whatever its key.
-    fn storable(&self, info: &Self::Info) -> bool {
-        let _ = info;
+    /// last-known-good tier, whatever its key. `key_includes_principal` is
+    /// [`LastKnownGood::key_includes_principal`](crate::LastKnownGood::key_includes_principal).
+    fn storable(&self, info: &Self::Info, key_includes_principal: bool) -> bool {
+        let _ = (info, key_includes_principal);
         true
     }
+
+    /// `false` if a stored answer must not be served to this request even
+    /// though its key matches (for HTTP: its `Vary` fields differ).
+    fn usable(&self, stored: &Self::Stored, info: &Self::Info) -> bool {
+        let _ = (stored, info);
+        true
+    }
+
+    /// Called once when the last-known-good tier is added, so the mode can
+    /// capture what that tier needs from each request.
+    fn enable_last_known_good(&mut self) {}
 }
 
 /// A [`Mode`] that can capture [`Info`](Mode::Info) from requests of type `Req`.
@@ -54,9 +66,15 @@ pub trait Respond<Res>: Mode {
     /// no tier could replace).
     fn pass(res: Res) -> Self::Response;
 
-    /// A successful response, remembered by `recorder` for the
-    /// last-known-good tier.
-    fn record(&self, res: Res, recorder: Recorder<Self::Stored>) -> Self::Response;
+    /// A successful response to the request `info` was captured from,
+    /// remembered by `recorder` for the last-known-good tier if the mode
+    /// judges it fit to stand in for later answers.
+    fn record(
+        &self,
+        res: Res,
+        info: &Self::Info,
+        recorder: Recorder<Self::Stored>,
+    ) -> Self::Response;
 
     /// A response made from a stored value, marked as degraded.
     fn serve(&self, stored: Self::Stored, degraded: Degraded) -> Self::Response;
@@ -74,19 +92,33 @@ pub trait Respond<Res>: Mode {
 /// Stores one successful response in the last-known-good cache under the key
 /// computed for its request.
 pub struct Recorder<V> {
-    store: Box<dyn FnOnce(V) + Send>,
+    store: Box<dyn FnOnce(V, usize) + Send>,
+    key_includes_principal: bool,
 }
 
 impl<V> Recorder<V> {
-    pub(crate) fn new(store: impl FnOnce(V) + Send + 'static) -> Self {
+    pub(crate) fn new(store: impl FnOnce(V, usize) + Send + 'static) -> Self {
         Self {
             store: Box::new(store),
+            key_includes_principal: false,
         }
     }
 
-    /// Remembers `value`.
-    pub fn record(self, value: V) {
-        (self.store)(value);
+    pub(crate) fn key_includes_principal(mut self, yes: bool) -> Self {
+        self.key_includes_principal = yes;
+        self
+    }
+
+    /// Whether the tier's key keeps principals apart (see
+    /// [`LastKnownGood::key_includes_principal`](crate::LastKnownGood::key_includes_principal)).
+    pub fn includes_principal(&self) -> bool {
+        self.key_includes_principal
+    }
+
+    /// Remembers `value`, which holds `bytes` bytes of memory (counted
+    /// against [`LastKnownGood::max_bytes`](crate::LastKnownGood::max_bytes)).
+    pub fn record(self, value: V, bytes: usize) {
+        (self.store)(value, bytes);
     }
 }
 
@@ -201,8 +233,10 @@ where
         res
     }
 
-    fn record(&self, res: Res, recorder: Recorder<Res>) -> Res {
-        recorder.record(res.clone());
+    /// Stores a clone, charged its inline size: the heap data a plain
+    /// value owns is unknown to the layer.
+    fn record(&self, res: Res, _info: &I, recorder: Recorder<Res>) -> Res {
+        recorder.record(res.clone(), std::mem::size_of::<Res>());
         res
     }
 

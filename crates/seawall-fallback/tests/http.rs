@@ -546,7 +546,6 @@ async fn captured_headers_key_the_cache_per_tenant() {
     let tenant = |t: &str| {
         Request::get("/profile")
             .header("x-tenant", t)
-            .header("cookie", "secret")
             .body(())
             .unwrap()
     };
@@ -807,7 +806,7 @@ fn services_fit_axum_and_hyper() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn no_store_is_honoured_and_cookies_are_not_replayed() {
+async fn no_store_private_and_set_cookie_answers_are_not_stored() {
     let next = Arc::new(Mutex::new(Some(vec![
         ("cache-control", "private, No-Store"),
         ("set-cookie", "session=alice"),
@@ -845,11 +844,26 @@ async fn no_store_is_honoured_and_cookies_are_not_replayed() {
         "no-store: nothing kept"
     );
 
+    // An answer that sets a cookie is someone's own: not stored at all.
     *next.lock().unwrap() = Some(vec![("set-cookie", "session=alice")]);
+    text(svc.clone().oneshot(get("/")).await.unwrap()).await;
+    assert!(
+        svc.clone().oneshot(get("/")).await.is_err(),
+        "Set-Cookie answer stored"
+    );
+
+    // Private: meant for one user, not stored by a shared cache.
+    *next.lock().unwrap() = Some(vec![("cache-control", "max-age=60, private")]);
+    text(svc.clone().oneshot(get("/")).await.unwrap()).await;
+    assert!(
+        svc.clone().oneshot(get("/")).await.is_err(),
+        "private answer stored"
+    );
+
+    *next.lock().unwrap() = Some(vec![("cache-control", "public, max-age=60")]);
     text(svc.clone().oneshot(get("/")).await.unwrap()).await;
     let replay = svc.oneshot(get("/")).await.unwrap();
     assert_eq!(tier_of(&replay), Some(Tier::LastKnownGood));
-    assert!(replay.headers().get("set-cookie").is_none());
     assert_eq!(replay.headers()["x-kept"], "yes");
     assert_eq!(text(replay).await, "hello");
 }
@@ -1051,4 +1065,340 @@ async fn fields_named_by_connection_are_not_replayed() {
         assert!(replay.headers().get(name).is_none(), "{name} replayed");
     }
     assert_eq!(replay.headers()["x-end-to-end"], "kept");
+}
+
+/// A scripted dependency's next answer: status and response headers.
+type Script = Arc<Mutex<Option<(u16, Vec<(&'static str, &'static str)>)>>>;
+
+/// A dependency that answers `next` (status and response headers) once and
+/// then fails.
+fn scripted(
+    next: Script,
+) -> impl Service<
+    Request<()>,
+    Response = Response<http_body_util::Full<Bytes>>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone {
+    service_fn(move |_req: Request<()>| {
+        let answer = next.lock().unwrap().take();
+        async move {
+            let (status, headers) = answer.ok_or("down")?;
+            let mut res = Response::builder().status(status);
+            for (name, value) in headers {
+                res = res.header(name, value);
+            }
+            Ok::<_, BoxError>(res.body(http_body_util::Full::new(Bytes::from("answer")))?)
+        }
+    })
+}
+
+fn with_header(name: &'static str, value: &'static str) -> Request<()> {
+    Request::get("/doc").header(name, value).body(()).unwrap()
+}
+
+/// RFC 9111 §3.5: an answer to a request with credentials is someone's own;
+/// `Cookie` and `Proxy-Authorization` identify a principal as well. A
+/// request's own `no-store` is honoured too.
+#[tokio::test(start_paused = true)]
+async fn answers_to_requests_with_credentials_or_no_store_are_not_stored() {
+    for (name, value) in [
+        ("authorization", "Bearer alice"),
+        ("proxy-authorization", "Basic YWxpY2U6cHc="),
+        ("cookie", "session=alice"),
+        ("cache-control", "no-store"),
+    ] {
+        let next = Arc::new(Mutex::new(Some((200, vec![]))));
+        let layer = FallbackLayer::http()
+            .last_known_good(LastKnownGood::new(), by_uri)
+            .build()
+            .unwrap();
+        let cache = layer.last_known_good().unwrap();
+        let svc = layer.layer(scripted(next.clone()));
+        text(svc.clone().oneshot(with_header(name, value)).await.unwrap()).await;
+        cache.run_pending_tasks();
+        assert_eq!(cache.entry_count(), 0, "{name} answer stored");
+        assert!(
+            svc.oneshot(get("/doc")).await.is_err(),
+            "{name} answer served"
+        );
+    }
+}
+
+/// With the explicit opt-in, answers to requests with credentials are
+/// stored — private ones included, as a per-principal cache may — and
+/// served to the same key only while `Vary` matches.
+#[tokio::test(start_paused = true)]
+async fn a_key_that_includes_the_principal_stores_private_answers_for_their_principal() {
+    let next = Arc::new(Mutex::new(Some((
+        200,
+        vec![("cache-control", "private"), ("vary", "Authorization")],
+    ))));
+    let layer = FallbackLayer::http()
+        .capture_headers([http::header::AUTHORIZATION])
+        .last_known_good(
+            LastKnownGood::new().key_includes_principal(),
+            |info: &RequestInfo| {
+                let who = info.headers().get("authorization")?.to_str().ok()?;
+                Some(who.split_whitespace().last()?.to_owned())
+            },
+        )
+        .build()
+        .unwrap();
+    let svc = layer.layer(scripted(next.clone()));
+    let alice = || with_header("authorization", "Bearer alice");
+    text(svc.clone().oneshot(alice()).await.unwrap()).await;
+    let res = svc.clone().oneshot(alice()).await.unwrap();
+    assert_eq!(tier_of(&res), Some(Tier::LastKnownGood));
+    assert_eq!(text(res).await, "answer");
+    // Same key ("alice"), another credential: Vary: Authorization differs.
+    assert!(svc
+        .clone()
+        .oneshot(with_header("authorization", "Basic alice"))
+        .await
+        .is_err());
+    assert!(svc.oneshot(get("/doc")).await.is_err(), "no key, no answer");
+}
+
+/// A private answer to a request without credentials is not stored even
+/// with the opt-in: there is no principal it would be kept for.
+#[tokio::test(start_paused = true)]
+async fn private_answers_to_anonymous_requests_are_not_stored_even_with_the_opt_in() {
+    let next = Arc::new(Mutex::new(Some((200, vec![("cache-control", "private")]))));
+    let layer = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new().key_includes_principal(), by_uri)
+        .build()
+        .unwrap();
+    let svc = layer.layer(scripted(next));
+    text(svc.clone().oneshot(get("/doc")).await.unwrap()).await;
+    assert!(svc.oneshot(get("/doc")).await.is_err());
+}
+
+/// Only 200, 203 and 204 replace an entry; every other status leaves the
+/// good one in place.
+#[tokio::test(start_paused = true)]
+async fn only_healthy_whole_statuses_replace_an_entry() {
+    let next = Arc::new(Mutex::new(Some((200, vec![]))));
+    let layer = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new(), by_uri)
+        .build()
+        .unwrap();
+    let svc = layer.layer(scripted(next.clone()));
+    text(svc.clone().oneshot(get("/doc")).await.unwrap()).await;
+    for status in [201, 202, 301, 401, 403, 404, 410] {
+        *next.lock().unwrap() = Some((status, vec![]));
+        let res = svc.clone().oneshot(get("/doc")).await.unwrap();
+        assert_eq!(res.status().as_u16(), status);
+        text(res).await;
+        let replay = svc.clone().oneshot(get("/doc")).await.unwrap();
+        assert_eq!(
+            replay.status(),
+            StatusCode::OK,
+            "{status} replaced the entry"
+        );
+        assert_eq!(tier_of(&replay), Some(Tier::LastKnownGood));
+    }
+    for status in [203, 204] {
+        *next.lock().unwrap() = Some((status, vec![]));
+        text(svc.clone().oneshot(get("/doc")).await.unwrap()).await;
+        let replay = svc.clone().oneshot(get("/doc")).await.unwrap();
+        assert_eq!(
+            replay.status().as_u16(),
+            status,
+            "{status} is a healthy answer"
+        );
+    }
+}
+
+/// `Vary` names fields the key ignores: each variant is served only to
+/// matching requests, and `Vary: *` is never stored.
+#[tokio::test(start_paused = true)]
+async fn vary_fields_must_match_to_be_served() {
+    let next = Arc::new(Mutex::new(Some((
+        200,
+        vec![("vary", "Accept-Encoding, X-Tenant")],
+    ))));
+    let layer = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new(), by_uri)
+        .build()
+        .unwrap();
+    let svc = layer.layer(scripted(next.clone()));
+    let req = |encoding: &'static str, tenant: Option<&'static str>| {
+        let mut req = Request::get("/doc").header("accept-encoding", encoding);
+        if let Some(tenant) = tenant {
+            req = req.header("x-tenant", tenant);
+        }
+        req.body(()).unwrap()
+    };
+    text(
+        svc.clone()
+            .oneshot(req("gzip", Some("acme")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(svc.clone().oneshot(req("br", Some("acme"))).await.is_err());
+    assert!(svc
+        .clone()
+        .oneshot(req("gzip", Some("globex")))
+        .await
+        .is_err());
+    assert!(svc.clone().oneshot(req("gzip", None)).await.is_err());
+    let res = svc
+        .clone()
+        .oneshot(req("gzip", Some("acme")))
+        .await
+        .unwrap();
+    assert_eq!(tier_of(&res), Some(Tier::LastKnownGood));
+    assert!(res.extensions().get::<Degraded>().is_some());
+
+    *next.lock().unwrap() = Some((200, vec![("vary", "*")]));
+    text(svc.clone().oneshot(get("/star")).await.unwrap()).await;
+    assert!(svc.oneshot(get("/star")).await.is_err(), "Vary: * stored");
+}
+
+/// The layer keeps the byte bound: big answers under many keys never take
+/// more than `max_bytes`.
+#[tokio::test(start_paused = true)]
+async fn the_cache_is_bounded_in_bytes() {
+    let dep = Dependency::new();
+    dep.set_body(&["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]);
+    let layer = FallbackLayer::http()
+        .last_known_good(
+            LastKnownGood::new().capacity(1_000).max_bytes(8 * 1024),
+            by_uri,
+        )
+        .build()
+        .unwrap();
+    let cache = layer.last_known_good().unwrap();
+    let svc = layer.layer(dep.service());
+    for i in 0..500 {
+        text(svc.clone().oneshot(get(&format!("/k/{i}"))).await.unwrap()).await;
+    }
+    cache.run_pending_tasks();
+    assert!(
+        cache.weighted_size() <= 8 * 1024,
+        "{}",
+        cache.weighted_size()
+    );
+    assert!(
+        (1..500).contains(&cache.entry_count()),
+        "{}",
+        cache.entry_count()
+    );
+}
+
+/// Issue #12: a panicking tier never panics the response future nor skips
+/// the tiers after it; each panic is reported.
+#[tokio::test(start_paused = true)]
+async fn panicking_tiers_are_skipped_and_reported() {
+    let dep = Dependency::new();
+    dep.set(Next::Answer(503));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let layer = FallbackLayer::http()
+        .listener(FnListener::new(move |e: &FallbackEvent| {
+            log.lock().unwrap().push(e.clone());
+        }))
+        .last_known_good(
+            LastKnownGood::new(),
+            |info: &RequestInfo| -> Option<String> {
+                assert!(info.uri().path() != "/", "key function bug");
+                None
+            },
+        )
+        .alternative(service_fn(|info: RequestInfo| async move {
+            assert!(info.uri().path() != "/", "alternative future bug");
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::new())))
+        }))
+        .function(|_: &RequestInfo, _| -> Option<Response<Bytes>> { panic!("function bug") })
+        .value(Response::new(Bytes::from_static(b"static")))
+        .build()
+        .unwrap();
+    let res = layer.layer(dep.service()).oneshot(get("/")).await.unwrap();
+    assert_eq!(tier_of(&res), Some(Tier::Value));
+    assert_eq!(text(res).await, "static");
+    let panicked = |tier| FallbackEvent::TierPanicked {
+        layer: "fallback".into(),
+        tier,
+    };
+    assert_eq!(
+        events.lock().unwrap().as_slice(),
+        &[
+            panicked(Tier::LastKnownGood),
+            panicked(Tier::Alternative),
+            panicked(Tier::Function),
+            FallbackEvent::Served {
+                layer: "fallback".into(),
+                tier: Tier::Value,
+                cause: CauseKind::Response(Some(StatusCode::SERVICE_UNAVAILABLE)),
+            },
+        ]
+    );
+    assert_eq!(events.lock().unwrap()[0].kind(), "fallback_tier_panicked");
+}
+
+/// A service whose `call` panics, as opposed to its future.
+#[derive(Clone)]
+struct PanicsOnCall;
+
+impl Service<RequestInfo> for PanicsOnCall {
+    type Response = Response<http_body_util::Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: RequestInfo) -> Self::Future {
+        panic!("alternative call bug")
+    }
+}
+
+/// A panicking `call`, and a key function that panics while a success is
+/// recorded: the failure goes on to the next tier, the success passes
+/// through unrecorded, and neither panics the caller.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_call_or_key_function_never_panics_the_response_future() {
+    let dep = Dependency::new();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let layer = FallbackLayer::http()
+        .listener(FnListener::new(move |e: &FallbackEvent| {
+            log.lock().unwrap().push(e.clone());
+        }))
+        .last_known_good(LastKnownGood::new(), |_: &RequestInfo| -> Option<String> {
+            panic!("key function bug")
+        })
+        .alternative(PanicsOnCall)
+        .value(Response::new(Bytes::from_static(b"static")))
+        .build()
+        .unwrap();
+    let cache = layer.last_known_good().unwrap();
+    let svc = layer.layer(dep.service());
+
+    let fresh = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(tier_of(&fresh), None);
+    assert_eq!(text(fresh).await, "fresh");
+    cache.run_pending_tasks();
+    assert_eq!(cache.entry_count(), 0);
+
+    dep.set(Next::Fail);
+    let res = svc.oneshot(get("/")).await.unwrap();
+    assert_eq!(text(res).await, "static");
+    let tiers: Vec<_> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            FallbackEvent::TierPanicked { tier, .. } => Some(*tier),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [Tier::LastKnownGood, Tier::LastKnownGood, Tier::Alternative],
+        "recording, then serving, then the alternative"
+    );
 }
