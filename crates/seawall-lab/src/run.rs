@@ -12,7 +12,7 @@ use crate::dist::{self, Arrival};
 use crate::recorder::{AnalysisInput, Outcome, Recorder, RunFigures};
 use crate::scenario::Scenario;
 use crate::stacks::{self, StackKind};
-use crate::upstream::{self, Call, Injector, SimService, UpstreamSet, WindowInjector};
+use crate::upstream::{self, Call, Injector, SimService, UpstreamSet, ChaosInjector};
 
 /// The figures of one stack through one scenario.
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +63,7 @@ pub fn run_scenario(
     let arrivals = dist::arrivals(scenario, seed);
     let mut stacks = Vec::new();
     for &kind in kinds {
-        let figures = run_stack(scenario, seed, kind, &arrivals, &WindowInjector)?;
+        let figures = run_stack(scenario, seed, kind, &arrivals, &ChaosInjector)?;
         stacks.push(StackResult {
             stack: kind,
             figures,
@@ -119,7 +119,7 @@ async fn drive(
         &recorder,
         injector,
         kind == StackKind::Seawall,
-    );
+    )?;
     // One stack instance per client and route; the pool is per client.
     let mut clients: Vec<Vec<SimService>> = Vec::with_capacity(scenario.arrivals.clients);
     for client in 0..scenario.arrivals.clients {

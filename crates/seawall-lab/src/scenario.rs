@@ -269,12 +269,9 @@ pub struct Fault {
     pub start: Dur,
     /// Window end.
     pub end: Dur,
-    /// Share of calls answered with an error (`503`).
+    /// Share of calls that fail at once with an error.
     #[serde(default)]
     pub error_rate: f64,
-    /// How long an error takes to come back.
-    #[serde(default = "default_error_latency")]
-    pub error_latency: Dur,
     /// Share of calls that get `spike` of extra service time.
     #[serde(default)]
     pub spike_rate: f64,
@@ -291,10 +288,6 @@ pub struct Fault {
     /// Workers available during the window (a struggling dependency).
     #[serde(default)]
     pub capacity: Option<usize>,
-}
-
-fn default_error_latency() -> Dur {
-    Dur(Duration::from_millis(2))
 }
 
 /// Settings shared by the client stacks, so that they compete on equal

@@ -229,7 +229,9 @@ fn seawall_stack(
         .max_attempts(s.max_attempts)
         .backoff(Backoff::exponential(Duration::from_millis(50)))
         .jitter(Jitter::Decorrelated)
-        .max_delay(Duration::from_secs(1))
+        // A refusal hinting at a longer wait (an open breaker, a full
+        // bulkhead: 1 s by default) ends retrying, and the fallback answers.
+        .max_delay(Duration::from_millis(500))
         .deadline(s.total_timeout.0)
         .budget(RetryBudget::new())
         .seed(seed ^ breaker_index as u64)

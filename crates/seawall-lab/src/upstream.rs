@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client stack ─▶ pool ─▶ link (attempt counted, responses lost)
-//!                           ─▶ injector (errors, hangs, added latency)
+//!                           ─▶ ChaosLayer (errors, hangs, added latency)
 //!                             ─▶ [IdempotencyLayer] ─▶ handler (queue, workers, side effect)
 //! ```
 //!
@@ -15,13 +15,13 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use rand::rngs::SmallRng;
 use rand::Rng;
+use seawall_chaos::{ChaosLayer, Fault, Latency as ChaosLatency, Schedule};
 use seawall_core::BoxError;
 use seawall_idempotency::{IdempotencyLayer, RequestBody};
 use tokio::sync::Semaphore;
@@ -31,7 +31,7 @@ use tower::{Layer, ServiceExt};
 
 use crate::dist;
 use crate::recorder::Recorder;
-use crate::scenario::{Fault, Latency, Upstream as UpstreamSpec};
+use crate::scenario::{Fault as FaultSpec, Latency, Upstream as UpstreamSpec};
 
 /// One request as the simulation sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,61 +79,71 @@ impl fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
-/// Puts the fault schedule of an upstream in front of its server. The lab's
-/// own [`WindowInjector`] implements it; a chaos layer can too.
+/// Puts the fault schedule of an upstream in front of its server. The lab
+/// uses seawall's [`ChaosLayer`] ([`ChaosInjector`]); the trait keeps the
+/// simulation independent of how faults are injected.
 pub trait Injector: Send + Sync {
     /// Wraps the server of upstream `spec`.
-    fn wrap(&self, spec: &UpstreamSpec, seed: u64, route: usize, server: SimService)
-        -> SimService;
-}
-
-/// The lab's own injector: the `[[upstream.fault]]` windows, drawn from a
-/// seeded generator.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WindowInjector;
-
-impl Injector for WindowInjector {
     fn wrap(
         &self,
         spec: &UpstreamSpec,
         seed: u64,
         route: usize,
         server: SimService,
-    ) -> SimService {
-        let faults: Arc<[Fault]> = spec.fault.clone().into();
-        let rng = Arc::new(Mutex::new(dist::rng(seed, 100 + route as u64)));
-        let start = Instant::now();
-        let svc = tower::service_fn(move |call: Call| {
-            let at = Instant::now() - start;
-            let active = faults.iter().find(|f| f.start.0 <= at && at < f.end.0);
-            let (fail, hang, spike) = active.map_or((None, false, Duration::ZERO), |f| {
-                let mut rng = rng.lock().unwrap_or_else(PoisonError::into_inner);
-                let u: f64 = rng.random();
-                let spike = if rng.random::<f64>() < f.spike_rate {
-                    f.spike.0
-                } else {
-                    Duration::ZERO
-                };
-                let fail = (u < f.error_rate).then_some(f.error_latency.0);
-                let hang = !fail.is_some() && u < f.error_rate + f.hang_rate;
-                (fail, hang, spike)
-            });
-            let server = server.clone();
-            async move {
-                if let Some(after) = fail {
-                    sleep(after).await;
-                    return Err(BoxError::from(UpstreamError::UNAVAILABLE));
-                }
-                if hang {
-                    std::future::pending::<()>().await;
-                }
-                if !spike.is_zero() {
-                    sleep(spike).await;
-                }
-                server.oneshot(call).await
+    ) -> Result<SimService, BoxError>;
+}
+
+/// Injects the `[[upstream.fault]]` windows with seawall's [`ChaosLayer`]:
+/// per window, an error fault, a hang fault and a latency spike, each
+/// scheduled for the window and drawn from the run's seed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChaosInjector;
+
+impl Injector for ChaosInjector {
+    fn wrap(
+        &self,
+        spec: &UpstreamSpec,
+        seed: u64,
+        route: usize,
+        server: SimService,
+    ) -> Result<SimService, BoxError> {
+        let mut builder = ChaosLayer::builder()
+            .name(spec.name.clone())
+            .seed(seed ^ (100 + route as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .start_at(Instant::now());
+        for (j, f) in spec.fault.iter().enumerate() {
+            let window = Schedule::between(f.start.0, f.end.0);
+            if f.spike_rate > 0.0 && !f.spike.0.is_zero() {
+                builder = builder.fault(
+                    Fault::latency(ChaosLatency::fixed(f.spike.0))
+                        .rate(f.spike_rate)
+                        .schedule(window.clone())
+                        .named(format!("spike-{j}")),
+                );
             }
-        });
-        BoxCloneService::new(svc)
+            if f.error_rate > 0.0 {
+                builder = builder.fault(
+                    Fault::error()
+                        .rate(f.error_rate)
+                        .schedule(window.clone())
+                        .named(format!("error-{j}")),
+                );
+            }
+            if f.hang_rate > 0.0 {
+                // Faults draw one after the other and the first terminal one
+                // wins: conditional on no error, so `hang_rate` of all calls
+                // hang.
+                let rate = (f.hang_rate / (1.0 - f.error_rate).max(f64::EPSILON)).min(1.0);
+                builder = builder.fault(
+                    Fault::hang()
+                        .rate(rate)
+                        .schedule(window)
+                        .named(format!("hang-{j}")),
+                );
+            }
+        }
+        let layer = builder.build()?;
+        Ok(BoxCloneService::new(layer.layer(server)))
     }
 }
 
@@ -153,17 +163,17 @@ impl UpstreamSet {
         recorder: &Recorder,
         injector: &dyn Injector,
         idempotent: bool,
-    ) -> Self {
+    ) -> Result<Self, BoxError> {
         let services = specs
             .iter()
             .enumerate()
             .map(|(route, spec)| {
                 let server = server(spec, seed, route, recorder, idempotent);
-                let faulty = injector.wrap(spec, seed, route, server);
-                link(spec, seed, route, recorder, faulty)
+                let faulty = injector.wrap(spec, seed, route, server)?;
+                Ok(link(spec, seed, route, recorder, faulty))
             })
-            .collect();
-        Self { services }
+            .collect::<Result<_, BoxError>>()?;
+        Ok(Self { services })
     }
 
     /// The service of upstream `route`.
@@ -181,7 +191,7 @@ fn link(
     recorder: &Recorder,
     inner: SimService,
 ) -> SimService {
-    let faults: Arc<[Fault]> = spec.fault.clone().into();
+    let faults: Arc<[FaultSpec]> = spec.fault.clone().into();
     let rng = Arc::new(Mutex::new(dist::rng(seed, 200 + route as u64)));
     let recorder = recorder.clone();
     let start = Instant::now();
