@@ -11,19 +11,36 @@
 //!
 //! - Only the configured methods (default `POST`, `PATCH`) are handled;
 //!   other requests pass through untouched, without allocation.
-//! - The key is an RFC 9651 structured-field string (`"a1b2"`), at most 255
-//!   characters, on one header line; with
-//!   [`lenient_keys`](IdempotencyLayerBuilder::lenient_keys) a bare token
-//!   (`a1b2`, what many Stripe clients send) is accepted too. A bad key gets
-//!   400; a missing key passes through, or gets 400 with
+//! - The key is one header line of at most 255 characters: a bare token of
+//!   visible ASCII (`Idempotency-Key: 5f1c-a1b2`, what Stripe clients send)
+//!   or an RFC 9651 structured-field string (`"5f1c-a1b2"`, the IETF draft's
+//!   form); both forms name the same key. With
+//!   [`strict_keys`](IdempotencyLayerBuilder::strict_keys) only the string
+//!   form is accepted. A bad key (empty, too long, two lines, spaces,
+//!   control characters, non-ASCII, quotes or separators in a bare token)
+//!   gets 400; a missing key passes through, or gets 400 with
 //!   [`require_key`](IdempotencyLayerBuilder::require_key).
-//! - Records are scoped by the layer's name, the
-//!   [`tenant`](IdempotencyLayerBuilder::tenant) of the request and the key,
-//!   hashed with length prefixes so no tenant can reach another's record.
+//! - **Records are scoped to the caller by default**: a SHA-256 of the
+//!   request's credentials (`Authorization`, `Proxy-Authorization`,
+//!   `Cookie`; see
+//!   [`credential_headers`](IdempotencyLayerBuilder::credential_headers) to
+//!   add an API-key field) joins the record key, so two principals sending
+//!   the same key value never share a record: each runs its own request
+//!   and replays only its own answer. Requests without credentials share
+//!   one anonymous scope, apart from every principal.
+//!   [`tenant`](IdempotencyLayerBuilder::tenant) scopes by an identity you
+//!   extract instead (an account id set by authentication), and
+//!   [`unscoped`](IdempotencyLayerBuilder::unscoped) opts out. The layer's
+//!   name, the [`Scope`] and the key are tagged, length-prefixed and hashed
+//!   into a [`StoreKey`], so no choice of key or tenant name reaches
+//!   another scope.
 //! - The request's fingerprint is the SHA-256 of method, path and query,
 //!   `Content-Type` and body (buffered up to
 //!   [`max_request_body`](IdempotencyLayerBuilder::max_request_body), else
-//!   413). The same key with another fingerprint gets 422.
+//!   413, within
+//!   [`request_body_timeout`](IdempotencyLayerBuilder::request_body_timeout),
+//!   default 30 s, else 408). The same key with another fingerprint gets
+//!   422.
 //! - The first request *claims* the key atomically, with a lease and a
 //!   random [`FencingToken`]: across every replica exactly one wins and runs
 //!   the handler. A repeat while it runs gets 409 with `Retry-After`, or,
@@ -40,7 +57,19 @@
 //!   retry runs again. The layer's own 400/409/413/422/503 are never stored.
 //! - Its own answers are RFC 9457 `application/problem+json` documents with
 //!   a `kind` member (`idempotency_in_flight`, `idempotency_key_mismatch`,
-//!   ...).
+//!   `idempotency_store_full`, `idempotency_body_timeout`, ...).
+//!
+//! # The guarantee
+//!
+//! **A key's handler runs at most once for as long as its record should
+//! exist**: while its claim's lease holds, then for the retention period
+//! after it completed. No store drops a live record to make room: a full
+//! [`MemoryStore`] refuses *new* keys with 503 and `Retry-After` (event
+//! `StoreFull`), even in [`fail_open`](IdempotencyLayerBuilder::fail_open)
+//! mode. A response too large to keep is kept without its body, never
+//! forgotten. What ends a record early, so that a retry runs again, is
+//! listed below (handler errors, panics, statuses the [`KeepPolicy`] does
+//! not keep, a lease that ran out).
 //!
 //! # Crashes, panics, cancellation
 //!
@@ -54,11 +83,13 @@
 //! Within a live process the layer **runs the handler to completion in a
 //! spawned task**: if the client disconnects, the handler still finishes
 //! and its response is stored, so the client's retry is a replay, not a
-//! second execution. If the handler panics, a guard releases the claim by
-//! its token (the request fails with [`HandlerPanicked`], a 500), so a
-//! retry runs the handler again at once instead of after the lease. The
-//! layer therefore needs a Tokio runtime, and the wrapped service, its
-//! future and its body must be `Send + 'static` (true of axum handlers).
+//! second execution. If the handler panics (in its call, its future or its
+//! body), the panic is caught and the claim released by its token, and
+//! only once the store confirmed the release does the request fail with
+//! [`HandlerPanicked`] (a 500): a retry sent on seeing that 500 runs the
+//! handler again, never gets 409. The layer therefore needs a Tokio
+//! runtime with its timer enabled, and the wrapped service, its future and
+//! its body must be `Send + 'static` (true of axum handlers).
 //!
 //! What releases the key instead of storing a response: the handler
 //! returning an `Err` (not a response), its response body failing while it
@@ -74,15 +105,31 @@
 //! [`fail_open`](IdempotencyLayerBuilder::fail_open) the handler runs without
 //! idempotency instead.
 //!
-//! # Stores
+//! # Stores and their memory bounds
 //!
-//! - [`MemoryStore`] (default): one process, bounded capacity, TTL.
+//! - [`MemoryStore`] (default): one process; at most 10,000 records and
+//!   64 MiB by default ([`MemoryStore::with_limits`]), counting bodies,
+//!   headers and a per-record overhead; refuses new keys when full of live
+//!   records.
 //! - `store::RedisStore` (feature `redis`): `SET NX PX` claims
 //!   and Lua scripts for token-checked completion and release; one round
-//!   trip for a replay, two for a first request.
+//!   trip for a replay, two for a first request. Records live in Redis,
+//!   each at most `max_stored_body` plus its headers; bound them with
+//!   Redis's `maxmemory` **and `maxmemory-policy noeviction`**: every record
+//!   has a TTL, so a `volatile-*` or `allkeys-*` policy would evict live
+//!   records and let their handlers run twice, whereas `noeviction` makes
+//!   new claims fail (503) when Redis is full.
 //! - `store::PostgresStore` (feature `postgres`): a table
 //!   it creates, `INSERT ... ON CONFLICT DO NOTHING` claims, expiry on the
-//!   database clock and a sweep of expired rows.
+//!   database clock and a sweep of expired rows. Records live on disk, each
+//!   row at most `max_stored_body` plus its headers; the table holds what
+//!   the retention keeps until `PostgresStore::sweep` runs.
+//!
+//! Besides its store, the layer holds per request in flight at most
+//! [`max_request_body`](IdempotencyLayerBuilder::max_request_body) of
+//! request body (for at most the body timeout) and
+//! [`max_stored_body`](IdempotencyLayerBuilder::max_stored_body) of
+//! response body.
 //!
 //! # Example
 //!
@@ -109,7 +156,7 @@
 //!
 //! for attempt in 0..3 {
 //!     let req = Request::post("/charges")
-//!         .header("idempotency-key", "\"order-42\"")
+//!         .header("idempotency-key", "order-42")
 //!         .body(Full::new(Bytes::from_static(b"{\"amount\":100}")))
 //!         .unwrap();
 //!     let res = svc.ready().await.unwrap().call(req).await.unwrap();

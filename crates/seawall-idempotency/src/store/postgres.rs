@@ -34,6 +34,15 @@ use crate::record::StoredResponse;
 /// concurrent insert win. Completion and release are single statements
 /// guarded by the token. Expired rows are ignored by claims; delete them in
 /// bulk with [`sweep`](Self::sweep) (e.g. every few minutes).
+///
+/// # Memory bound
+///
+/// Records live in the database, on disk: each row is at most the layer's
+/// `max_stored_body` plus its headers and about 150 bytes, kept for the
+/// lease, then the retention, and until the next sweep. This process holds
+/// only the pool's connections and the records of requests in flight. A
+/// row is never deleted while it is live, so a database that runs out of
+/// space fails new claims (503) rather than forgetting a record.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,

@@ -66,6 +66,16 @@ return 0
 /// trips and a replay one (plus one `EVAL` per script the first time a
 /// server sees it). A lease renewal is one token-checked `PEXPIRE`.
 ///
+/// # Memory bound
+///
+/// Records live in Redis, not in this process: each is at most the layer's
+/// `max_stored_body` plus its headers and about 100 bytes, and lives for
+/// the lease, then the retention. Bound the total with Redis's `maxmemory`
+/// and set **`maxmemory-policy noeviction`**: every record has a TTL, so a
+/// `volatile-*` (or `allkeys-*`) policy would evict live records and let
+/// their handlers run a second time, while `noeviction` makes new claims
+/// fail, which the layer answers with 503 (fail closed).
+///
 /// The store works on any [`ConnectionLike`] that can be cloned (a
 /// [`ConnectionManager`], a `MultiplexedConnection`, or a wrapper of
 /// either).
