@@ -17,9 +17,9 @@
 //! ([`Rejected::detail`](crate::Rejected::detail)), percent-encoded as the
 //! gRPC protocol prescribes, and a hint becomes `grpc-retry-pushback-ms`.
 //!
-//! **Client** (feature `tonic`). [`into_status`] and [`to_status`] turn a
-//! seawall rejection inside a `BoxError` into a [`tonic::Status`] with the
-//! right code, and [`RejectionStatusLayer`] does it for every error of a
+//! **Client** (feature `tonic`). `into_status` and `to_status` turn a
+//! seawall rejection inside a `BoxError` into a `tonic::Status` with the
+//! right code, and `RejectionStatusLayer` does it for every error of a
 //! stack, so that tonic's generated client returns `Code::Unavailable` for an
 //! open breaker instead of `Code::Unknown`.
 #![cfg_attr(

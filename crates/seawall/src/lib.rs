@@ -9,8 +9,18 @@
 //! events sent to a [`Listener`].
 //!
 //! This crate is the facade: it re-exports each layer crate behind a feature
-//! of the same name, adds [`ServiceBuilderExt`] and the HTTP adapters in
-//! [`http`].
+//! of the same name, adds [`ServiceBuilderExt`], the HTTP adapters in
+//! [`http`] and the gRPC adapters in [`grpc`]: a server stack under
+//! [`http::RejectionResponseLayer`] answers gRPC requests with trailers-only
+//! statuses (`UNAVAILABLE` for an open breaker or a full bulkhead), and with
+//! the `tonic` feature a client stack under `grpc::RejectionStatusLayer`
+//! hands tonic code a `tonic::Status` with the right code. Answers carry
+//! seawall's own text only, never an inner error's message.
+//!
+//! Classifiers are named types that combine through [`ClassifyExt`]
+//! (`HttpClassifier::new().ignore_rejections()`, `a.or(b)`, `a.not()`), so
+//! a stack never needs a closure over `&BoxError` and its futures stay
+//! spawnable with `tokio::spawn`.
 //!
 //! # Example
 //!
@@ -80,6 +90,11 @@ pub mod health;
 pub mod stack;
 
 pub use builder::ServiceBuilderExt;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "tonic", feature = "circuit-breaker"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// The shared vocabulary: outcomes, classifiers, rejections, hints, events.
 pub use seawall_core as core;
