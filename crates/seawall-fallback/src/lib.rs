@@ -11,7 +11,8 @@
 //!
 //! 1. [`last_known_good`](Builder::last_known_good): the latest successful
 //!    response for the same key, while younger than a maximum staleness,
-//!    held in a cache bounded in entries and age;
+//!    held in a cache bounded in entries, bytes and age, that follows
+//!    RFC 9111's rules for a shared cache (see [below](#whose-answer-reaches-whom));
 //! 2. [`alternative`](Builder::alternative): a secondary service (a replica,
 //!    a slower source of truth);
 //! 3. [`function`](Builder::function): computed from the request info and
@@ -30,6 +31,12 @@
 //! clients, caches and dashboards can tell. Each substitute emits a
 //! [`FallbackEvent::Served`]; running out of tiers emits
 //! [`FallbackEvent::Exhausted`].
+//!
+//! A tier that panics — its function, service, future, or the
+//! last-known-good key function — is caught: the layer emits
+//! [`FallbackEvent::TierPanicked`] and tries the next tier (a success whose
+//! key function panics passes through unrecorded). The response future
+//! never panics for a tier's bug.
 //!
 //! # When to use it
 //!
@@ -92,6 +99,94 @@
 //! # }
 //! ```
 //!
+//! # Whose answer reaches whom
+//!
+//! The last-known-good tier hands an answer recorded for one request to
+//! another, so by default it keeps to RFC 9111's rules for a **shared**
+//! cache (the details are under [`Http`](Http#what-the-last-known-good-tier-stores)):
+//!
+//! - no answer to a request with credentials (`Authorization`,
+//!   `Proxy-Authorization`, `Cookie`) is stored, nor one marked
+//!   `Cache-Control: private` or `no-store`, nor one that sets a cookie,
+//!   nor one with `Vary: *`;
+//! - only `200`, `203` and `204` answers the classifier calls a success
+//!   replace a stored entry: a `401`, `403`, `404` or `5xx` never replaces
+//!   nor removes one;
+//! - a stored answer is served only to requests whose `Vary` fields match.
+//!
+//! Where requests are authenticated, key the tier by the principal your
+//! authentication layer established and say so with
+//! [`key_includes_principal`](LastKnownGood::key_includes_principal): each
+//! user is then served only their own last answer. Put the authentication
+//! layer *outside* the fallback, so that only callers it let through reach
+//! a stored answer.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use seawall_fallback::{FallbackLayer, LastKnownGood, RequestInfo, Tier, Degraded};
+//! use tower::{service_fn, BoxError, Layer, ServiceExt};
+//!
+//! /// Set by the authentication layer once it has checked the credentials.
+//! #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+//! struct User(String);
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let layer = FallbackLayer::http()
+//!     .name("orders")
+//!     .capture_extension::<User>()
+//!     .last_known_good(
+//!         LastKnownGood::new().key_includes_principal(),
+//!         |info: &RequestInfo| {
+//!             let user = info.extensions().get::<User>()?.clone();
+//!             Some((user, info.uri().path().to_owned()))
+//!         },
+//!     )
+//!     .value(Response::new(Bytes::from_static(b"[]")))
+//!     .build()?;
+//!
+//! // The orders service answers each user privately once, then fails.
+//! let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+//! let svc = layer.layer(service_fn(move |req: Request<()>| {
+//!     let up = up.swap(false, std::sync::atomic::Ordering::SeqCst);
+//!     let user = req.extensions().get::<User>().map(|u| u.0.clone());
+//!     async move {
+//!         let status = if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+//!         let body = Full::new(Bytes::from(format!("orders of {user:?}")));
+//!         Ok::<_, BoxError>(Response::builder()
+//!             .status(status)
+//!             .header("cache-control", "private")
+//!             .body(body)?)
+//!     }
+//! }));
+//! let as_user = |name: &str| {
+//!     let mut req = Request::get("/me/orders")
+//!         .header("authorization", format!("Bearer {name}-token"))
+//!         .body(())
+//!         .unwrap();
+//!     req.extensions_mut().insert(User(name.to_owned()));
+//!     req
+//! };
+//!
+//! let fresh = svc.clone().oneshot(as_user("alice")).await?;
+//! fresh.into_body().collect().await?; // recorded once read to the end
+//!
+//! // The service is down: Alice gets her own last answer, Bob does not.
+//! let alice = svc.clone().oneshot(as_user("alice")).await?;
+//! assert_eq!(alice.extensions().get::<Degraded>().map(|d| d.tier), Some(Tier::LastKnownGood));
+//! assert_eq!(alice.into_body().collect().await?.to_bytes(), "orders of Some(\"alice\")");
+//! let bob = svc.oneshot(as_user("bob")).await?;
+//! assert_eq!(bob.extensions().get::<Degraded>().map(|d| d.tier), Some(Tier::Value));
+//! assert_eq!(bob.into_body().collect().await?.to_bytes(), "[]");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Without `key_includes_principal`, neither answer would have been
+//! stored: both requests carried `Authorization`.
+//!
 //! # Modes
 //!
 //! [`FallbackLayer::http`] handles `http` messages with streaming bodies
@@ -137,9 +232,11 @@
 //! classification and one reference-count increment and decrement per call:
 //! no lock, no allocation, no boxing. Request info is captured only if a
 //! tier other than [`value`](Builder::value) reads it (for HTTP, one
-//! allocation). Recording a successful response for the last-known-good tier
-//! copies it (for HTTP, its headers and a body up to the limit) into the
-//! cache. The tier chain itself runs in one boxed future, only after a
+//! allocation; with the last-known-good tier, also a copy of the request's
+//! header map, whose values are reference-counted, to judge credentials,
+//! `Cache-Control` and `Vary`). Recording a successful response for the
+//! last-known-good tier copies it (for HTTP, its headers and a body up to
+//! the limit) into the cache. The tier chain itself runs in one boxed future, only after a
 //! failure. Figures: `cargo bench -p seawall-benches --bench fallback`.
 //!
 //! [tower]: https://docs.rs/tower
