@@ -73,7 +73,7 @@ pub(crate) struct Shared<D, C, Li> {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) max_key_bytes: usize,
     #[cfg(feature = "redis")]
-    pub(crate) redis: Option<crate::redis::Backend>,
+    pub(crate) redis: Option<crate::fleet::Backend>,
 }
 
 impl<D, C, Li> Shared<D, C, Li> {
@@ -119,7 +119,7 @@ pub struct Builder<L = (), C = One, H = NoHeaders, Li = NoopListener> {
     listener: Li,
     bounds: Bounds,
     #[cfg(feature = "redis")]
-    redis: Option<crate::redis::RedisBackend>,
+    redis: Option<crate::fleet::RedisBackend>,
     _headers: PhantomData<fn() -> H>,
 }
 
@@ -269,7 +269,7 @@ impl<L, C, H, Li> Builder<L, C, H, Li> {
     /// process.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn redis(mut self, backend: crate::redis::RedisBackend) -> Self {
+    pub fn redis(mut self, backend: crate::fleet::RedisBackend) -> Self {
         self.redis = Some(backend);
         self
     }

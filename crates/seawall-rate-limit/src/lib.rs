@@ -87,25 +87,29 @@
 
 mod error;
 mod event;
+#[cfg(feature = "redis")]
+mod fleet;
 mod future;
 mod gcra;
 pub mod headers;
 pub mod key;
 mod layer;
 mod limit;
-#[cfg(feature = "redis")]
-mod redis;
 mod registry;
 mod service;
 
 pub use error::RateLimited;
 pub use event::RateLimitEvent;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use fleet::{OnBackendError, RedisBackend};
 pub use future::ResponseFuture;
 pub use gcra::Quota;
 pub use key::RateKey;
 pub use layer::{Builder, Cost, HeaderMode, Mode, One, RateLimitLayer};
 pub use limit::{BuiltLimit, Decide, Global, KeyFn, KeyGuard, Limit, LimitSet};
+/// The `redis` crate this one uses, for building connections.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::{OnBackendError, RedisBackend};
+pub use redis;
 pub use service::RateLimit;

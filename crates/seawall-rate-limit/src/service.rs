@@ -118,7 +118,7 @@ where
     #[cfg(feature = "redis")]
     fn backend_failed<Req>(
         &self,
-        policy: crate::redis::Failed,
+        policy: crate::fleet::Failed,
         req: &Req,
         cost: u64,
         fields: bool,
@@ -132,12 +132,12 @@ where
             });
         }
         let mut answer = match policy {
-            crate::redis::Failed::Open => Answer {
+            crate::fleet::Failed::Open => Answer {
                 decision: Decision::Admit,
                 state: None,
                 backend_failed: true,
             },
-            crate::redis::Failed::Closed => Answer {
+            crate::fleet::Failed::Closed => Answer {
                 decision: Decision::Refuse {
                     wait: None,
                     limit: 0,
@@ -145,7 +145,7 @@ where
                 state: None,
                 backend_failed: true,
             },
-            crate::redis::Failed::Local => self.decide_local(req, cost, fields, true),
+            crate::fleet::Failed::Local => self.decide_local(req, cost, fields, true),
         };
         answer.backend_failed = true;
         answer
