@@ -189,6 +189,7 @@ async fn seawall_server(app: App) -> SocketAddr {
     let bulkhead = BulkheadLayer::builder()
         .max_concurrent(1)
         .max_queue(0)
+        .retry_after(Duration::from_secs(1))
         .build()
         .unwrap();
     let svc = ServiceBuilder::new()
@@ -246,7 +247,7 @@ async fn rate_limit_timeout_and_unknown_errors_get_their_codes() {
     let status = call(&mut client, "Broken").await.unwrap_err();
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert!(!format!("{status:?}").contains("hunter2"), "{status:?}");
-    assert!(!status.message().contains("postgres"), "{status:?}");
+    assert_eq!(status.message(), "the request failed");
 }
 
 #[tokio::test(start_paused = true)]
