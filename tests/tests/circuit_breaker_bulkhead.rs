@@ -151,7 +151,12 @@ async fn an_inner_breaker_refusal_is_ignored_and_a_probe_refused_inside_gives_it
     inner_handle.reset();
     down.store(true, Ordering::SeqCst);
     for _ in 0..2 {
-        assert!(!svc.clone().oneshot(1).await.unwrap_err().is::<CircuitOpen>());
+        assert!(!svc
+            .clone()
+            .oneshot(1)
+            .await
+            .unwrap_err()
+            .is::<CircuitOpen>());
     }
     assert_eq!(outer_handle.state(), State::Open);
 
@@ -159,7 +164,12 @@ async fn an_inner_breaker_refusal_is_ignored_and_a_probe_refused_inside_gives_it
     // stays half-open with its probe slot free again.
     tokio::time::advance(Duration::from_secs(5)).await;
     inner_handle.force_open();
-    assert!(svc.clone().oneshot(1).await.unwrap_err().is::<CircuitOpen>());
+    assert!(svc
+        .clone()
+        .oneshot(1)
+        .await
+        .unwrap_err()
+        .is::<CircuitOpen>());
     assert_eq!(outer_handle.state(), State::HalfOpen);
     assert_eq!(outer_handle.metrics().probes_in_flight, 0);
 
