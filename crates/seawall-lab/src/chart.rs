@@ -69,6 +69,8 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
         .configure_mesh()
         .x_desc("time (s)")
         .y_desc("per second")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE)
         .draw()?;
     let top_y = peak * 1.1;
@@ -83,15 +85,6 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
             Rectangle::new([(a, top_y * 0.03), (b, top_y)], SHADE.mix(0.6).filled())
         }))?;
     }
-    if let Some(first) = result.stacks.first() {
-        chart
-            .draw_series(LineSeries::new(
-                points(&first.figures.series.requests),
-                BLACK.stroke_width(1),
-            ))?
-            .label("requests arriving")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    }
     for s in &result.stacks {
         let c = colour(s.stack);
         chart
@@ -101,6 +94,18 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
             ))?
             .label(format!("{} attempts", s.stack.name()))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    // Drawn last so that it stays visible where a stack's attempts match it.
+    if let Some(first) = result.stacks.first() {
+        chart
+            .draw_series(DashedLineSeries::new(
+                points(&first.figures.series.requests),
+                6,
+                4,
+                BLACK.stroke_width(1),
+            ))?
+            .label("requests arriving")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     }
     chart
         .configure_series_labels()
@@ -116,6 +121,14 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
         .flat_map(|s| s.figures.series.p99_ms.iter().flatten())
         .copied()
         .fold(10.0_f64, f64::max);
+    let lat_min = result
+        .stacks
+        .iter()
+        .flat_map(|s| s.figures.series.p99_ms.iter().flatten())
+        .copied()
+        .fold(lat_max, f64::min)
+        .max(1.0)
+        / 2.0;
     let mut chart = ChartBuilder::on(&bottom)
         .caption(
             "p99 latency of the dependency's answers, by arrival second",
@@ -124,16 +137,19 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..seconds, (1.0..lat_max * 1.5).log_scale())?;
+        .build_cartesian_2d(0.0..seconds, (lat_min..lat_max * 1.5).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("time (s)")
         .y_desc("p99 latency (ms, log)")
+        .y_labels(6)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE)
         .draw()?;
     if let Some((a, b)) = result.fault_window {
         chart.draw_series(std::iter::once(Rectangle::new(
-            [(a, 1.0), (b, 1.2)],
+            [(a, lat_min), (b, lat_min * 1.15)],
             FAULT.filled(),
         )))?;
     }

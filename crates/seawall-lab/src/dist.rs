@@ -49,7 +49,9 @@ impl Latency {
     pub fn mean(&self) -> Duration {
         let secs = match *self {
             Latency::Fixed { value } => value.0.as_secs_f64(),
-            Latency::Uniform { min, max } => (min.0.as_secs_f64() + max.0.as_secs_f64()) / 2.0,
+            Latency::Uniform { min, max } => {
+                f64::midpoint(min.0.as_secs_f64(), max.0.as_secs_f64())
+            }
             Latency::Exponential { mean } => mean.0.as_secs_f64(),
             Latency::Lognormal { median, p99 } => {
                 let sigma = (p99.0.as_secs_f64() / median.0.as_secs_f64()).ln() / Z99;
@@ -102,24 +104,36 @@ pub fn arrivals(scenario: &Scenario, seed: u64) -> Vec<Arrival> {
     let mut id = 0;
     while t < end {
         let rate = rate_at(t);
-        let gap = match scenario.arrivals.process {
-            Process::Poisson => -(1.0 - rng.random::<f64>()).ln() / rate,
-            Process::Fixed => 1.0 / rate,
-        };
         let change = next_change(t);
-        if t + gap >= change {
-            // Memorylessness lets a Poisson process restart at the change;
-            // a fixed one starts its new spacing there.
-            t = change;
-            if matches!(scenario.arrivals.process, Process::Fixed) && t < end {
+        match scenario.arrivals.process {
+            Process::Poisson => {
+                let gap = -(1.0 - rng.random::<f64>()).ln() / rate;
+                if t + gap >= change {
+                    // Memorylessness lets the process restart at the change.
+                    t = change;
+                    continue;
+                }
+                t += gap;
                 out.push(pick(&mut rng, &shares, total_share, t, id, scenario));
                 id += 1;
             }
-            continue;
+            Process::Fixed => {
+                // Evenly spaced from the segment's start, computed from the
+                // index so that no rounding drifts across the segment.
+                let segment = t;
+                let mut k = 0_u64;
+                loop {
+                    let at = segment + k as f64 / rate;
+                    if at >= change - 1e-9 {
+                        break;
+                    }
+                    out.push(pick(&mut rng, &shares, total_share, at, id, scenario));
+                    id += 1;
+                    k += 1;
+                }
+                t = change;
+            }
         }
-        t += gap;
-        out.push(pick(&mut rng, &shares, total_share, t, id, scenario));
-        id += 1;
     }
     out
 }
@@ -200,7 +214,10 @@ mod tests {
     fn fixed_process_is_even() {
         let s = scenario(&BASE.replace("rate = 50", "rate = 50\nprocess = \"fixed\""));
         let a = arrivals(&s, 1);
-        assert_eq!(a.iter().filter(|x| x.at < Duration::from_secs(40)).count(), 2000);
+        assert_eq!(
+            a.iter().filter(|x| x.at < Duration::from_secs(40)).count(),
+            2000
+        );
         assert_eq!(a.len(), 2000 + 4000 + 2000);
     }
 

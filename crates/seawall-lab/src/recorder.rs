@@ -381,7 +381,8 @@ fn recovery(requests: &[&RequestLog], input: &AnalysisInput<'_>) -> Recovery {
 }
 
 fn series(log: &Log, input: &AnalysisInput<'_>) -> Series {
-    let seconds = input.duration.as_secs() as usize + usize::from(input.duration.subsec_nanos() > 0);
+    let seconds =
+        input.duration.as_secs() as usize + usize::from(input.duration.subsec_nanos() > 0);
     let mut requests = vec![0; seconds];
     let mut ok = vec![0; seconds];
     let mut attempts = vec![0; seconds];

@@ -12,7 +12,7 @@ use crate::dist::{self, Arrival};
 use crate::recorder::{AnalysisInput, Outcome, Recorder, RunFigures};
 use crate::scenario::Scenario;
 use crate::stacks::{self, StackKind};
-use crate::upstream::{self, Call, Injector, SimService, UpstreamSet, ChaosInjector};
+use crate::upstream::{self, Call, ChaosInjector, Injector, SimService, UpstreamSet};
 
 /// The figures of one stack through one scenario.
 #[derive(Debug, Clone, Serialize)]
@@ -123,7 +123,8 @@ async fn drive(
     // One stack instance per client and route; the pool is per client.
     let mut clients: Vec<Vec<SimService>> = Vec::with_capacity(scenario.arrivals.clients);
     for client in 0..scenario.arrivals.clients {
-        let pool = (scenario.client.pool > 0).then(|| Arc::new(Semaphore::new(scenario.client.pool)));
+        let pool =
+            (scenario.client.pool > 0).then(|| Arc::new(Semaphore::new(scenario.client.pool)));
         let mut per_route = Vec::with_capacity(routes);
         for route in 0..routes {
             let inner = upstream::pooled(pool.clone(), upstreams.route(route));

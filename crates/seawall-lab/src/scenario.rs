@@ -78,7 +78,7 @@ impl Dur {
     }
 
     fn from_secs(seconds: f64) -> Result<Self, String> {
-        if !seconds.is_finite() || seconds < 0.0 || seconds > 86_400.0 {
+        if !(0.0..=86_400.0).contains(&seconds) {
             return Err("must be between 0 and one day".to_owned());
         }
         Ok(Self(Duration::from_secs_f64(seconds)))
@@ -449,7 +449,9 @@ impl Scenario {
             if r.is_finite() && r > 0.0 && r <= 1_000_000.0 {
                 Ok(())
             } else {
-                Err(format!("{what} must be a rate in (0, 1000000] per second, got {r}"))
+                Err(format!(
+                    "{what} must be a rate in (0, 1000000] per second, got {r}"
+                ))
             }
         }
         fn share(what: &str, p: f64) -> Result<(), String> {
@@ -461,7 +463,9 @@ impl Scenario {
         }
         fn window(what: &str, start: Dur, end: Dur, total: Duration) -> Result<(), String> {
             if start >= end {
-                return Err(format!("{what}: start ({start}) must be before end ({end})"));
+                return Err(format!(
+                    "{what}: start ({start}) must be before end ({end})"
+                ));
             }
             if start.0 >= total {
                 return Err(format!(
@@ -475,10 +479,16 @@ impl Scenario {
             return Err("name must not be empty".to_owned());
         }
         if self.duration.0 < Duration::from_secs(1) {
-            return Err(format!("duration must be at least 1s, got {}", self.duration));
+            return Err(format!(
+                "duration must be at least 1s, got {}",
+                self.duration
+            ));
         }
         if self.duration.0 > Duration::from_secs(3600) {
-            return Err(format!("duration must be at most 1h, got {}", self.duration));
+            return Err(format!(
+                "duration must be at most 1h, got {}",
+                self.duration
+            ));
         }
         rate("arrivals.rate", self.arrivals.rate)?;
         if self.arrivals.clients == 0 || self.arrivals.clients > 10_000 {
@@ -498,7 +508,9 @@ impl Scenario {
                 .arrivals
                 .surge
                 .iter()
-                .map(|s| (s.rate - self.arrivals.rate) * (s.end.0 - s.start.0).as_secs_f64())
+                .map(|s| {
+                    (s.rate - self.arrivals.rate) * s.end.0.saturating_sub(s.start.0).as_secs_f64()
+                })
                 .sum::<f64>();
         if expected > 2_000_000.0 {
             return Err(format!(
@@ -535,9 +547,7 @@ impl Scenario {
                 share(&format!("{fat}.hang_rate"), f.hang_rate)?;
                 share(&format!("{fat}.lose_response_rate"), f.lose_response_rate)?;
                 if f.error_rate + f.hang_rate > 1.0 {
-                    return Err(format!(
-                        "{fat}: error_rate + hang_rate must not exceed 1"
-                    ));
+                    return Err(format!("{fat}: error_rate + hang_rate must not exceed 1"));
                 }
                 if let Some(c) = f.capacity {
                     if c == 0 || c > up.capacity {
@@ -591,7 +601,9 @@ mod tests {
         assert_eq!(Dur::parse("1.5s").unwrap().0, Duration::from_millis(1500));
         assert_eq!(Dur::parse("2m").unwrap().0, Duration::from_secs(120));
         assert!(Dur::parse("10").unwrap_err().contains("unit"));
-        assert!(Dur::parse("3 fortnights").unwrap_err().contains("unknown unit"));
+        assert!(Dur::parse("3 fortnights")
+            .unwrap_err()
+            .contains("unknown unit"));
     }
 
     const MINIMAL: &str = r#"
@@ -619,20 +631,30 @@ mod tests {
             (MINIMAL.replace("rate = 10", "rate = -1"), "arrivals.rate"),
             (MINIMAL.replace("capacity = 4", "capacity = 0"), "capacity"),
             (MINIMAL.replace("\"10s\"", "\"10 parsecs\""), "unknown unit"),
-            (MINIMAL.replace("name = \"api\"", "nmae = \"api\""), "unknown field"),
+            (
+                MINIMAL.replace("name = \"api\"", "nmae = \"api\""),
+                "unknown field",
+            ),
             (
                 format!("{MINIMAL}\n[[upstream.fault]]\nstart = \"5s\"\nend = \"2s\"\n"),
                 "must be before end",
             ),
             (
-                format!("{MINIMAL}\n[[upstream.fault]]\nstart = \"1s\"\nend = \"2s\"\nerror_rate = 2\n"),
+                format!(
+                    "{MINIMAL}\n[[upstream.fault]]\nstart = \"1s\"\nend = \"2s\"\nerror_rate = 2\n"
+                ),
                 "error_rate",
             ),
             ("not toml at all [".to_owned(), "invalid TOML"),
         ];
         for (text, expected) in cases {
-            let err = Scenario::from_toml("bad.toml", &text).unwrap_err().to_string();
-            assert!(err.contains(expected), "{err:?} should mention {expected:?}");
+            let err = Scenario::from_toml("bad.toml", &text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
             assert!(err.starts_with("scenario bad.toml:"), "{err}");
         }
     }

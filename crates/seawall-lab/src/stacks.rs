@@ -200,7 +200,7 @@ fn tower_resilience_stack(s: &ClientSettings, inner: SimService) -> Result<SimSe
         .map_err(|e: CircuitBreakerError<BoxError>| -> BoxError {
             match e {
                 CircuitBreakerError::Inner(e) => e,
-                other => Box::new(Refused(other.to_string())),
+                other @ CircuitBreakerError::OpenCircuit => Box::new(Refused(other.to_string())),
             }
         })
         .layer(breaker)
@@ -239,14 +239,17 @@ fn seawall_stack(
     let events = recorder.clone();
     let breaker = CircuitBreakerLayer::builder()
         .name("lab")
-        .time_window(Duration::from_secs(10), 10)
+        .count_window(100)
         .minimum_calls(20)
         .failure_rate_threshold(0.5)
         .open_duration(s.breaker_open.0)
         .half_open_probes(1)
         .listener(FnListener::new(move |e: &CircuitBreakerEvent| {
             if let EventKind::StateTransition { to, .. } = *e.kind() {
-                events.breaker(breaker_index, !matches!(to, State::Closed | State::Disabled));
+                events.breaker(
+                    breaker_index,
+                    !matches!(to, State::Closed | State::Disabled),
+                );
             }
         }))
         .build()?;
