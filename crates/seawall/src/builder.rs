@@ -5,7 +5,8 @@ use tower::ServiceBuilder;
     feature = "bulkhead",
     feature = "retry",
     feature = "circuit-breaker",
-    feature = "fallback"
+    feature = "fallback",
+    feature = "rate-limit"
 ))]
 use tower_layer::Stack;
 
@@ -94,6 +95,15 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     ) -> ServiceBuilder<Stack<crate::fallback::FallbackLayer<M, C, Li>, L>>
     where
         M: crate::fallback::Mode;
+
+    /// Limits the request rate per key with GCRA; see
+    /// [`RateLimitLayer`](crate::rate_limit::RateLimitLayer).
+    #[cfg(feature = "rate-limit")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+    fn rate_limit<D, C, H, Li>(
+        self,
+        layer: crate::rate_limit::RateLimitLayer<D, C, H, Li>,
+    ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<D, C, H, Li>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -156,6 +166,36 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         M: crate::fallback::Mode,
     {
         self.layer(layer)
+    }
+
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit<D, C, H, Li>(
+        self,
+        layer: crate::rate_limit::RateLimitLayer<D, C, H, Li>,
+    ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<D, C, H, Li>, L>> {
+        self.layer(layer)
+    }
+}
+
+#[cfg(all(test, feature = "rate-limit"))]
+mod rate_limit_tests {
+    use super::ServiceBuilderExt;
+    use crate::rate_limit::{Limit, Quota, RateLimitLayer, RateLimited};
+    use crate::BoxError;
+    use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_through_the_builder() {
+        let layer = RateLimitLayer::builder()
+            .limit(Limit::global("all", Quota::per_second(1)))
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new()
+            .rate_limit(layer)
+            .service(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+        assert_eq!(svc.ready().await.unwrap().call(7).await.unwrap(), 7);
+        let err = svc.ready().await.unwrap().call(8).await.unwrap_err();
+        assert!(err.is::<RateLimited>());
     }
 }
 

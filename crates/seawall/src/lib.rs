@@ -60,9 +60,10 @@
 //! | `bulkhead` | `seawall::bulkhead` (`BulkheadLayer`, adaptive limits) |
 //! | `fallback` | `seawall::fallback` (`FallbackLayer`) |
 //! | `idempotency` | `seawall::idempotency` (`IdempotencyLayer`, `MemoryStore`) |
-//! | `redis` | the idempotency layer's `RedisStore` |
+//! | `redis` | the idempotency layer's `RedisStore`; with `rate-limit`, the rate limiter's `RedisBackend` |
 //! | `postgres` | the idempotency layer's `PostgresStore` |
 //! | `chaos` | `seawall::chaos` (`ChaosLayer`: seeded, scheduled fault injection) |
+//! | `rate-limit` | `seawall::rate_limit` (`RateLimitLayer`: keyed GCRA, several limits, IETF `RateLimit` fields) |
 //! | `circuit-breaker` + `retry` | [`stack`]: client and server presets (the server preset also needs `bulkhead`) |
 //! | `health` | [`health::HealthRegistry`]: JSON health and readiness endpoints |
 //! | `tracing` | [`core::event::TracingListener`] |
@@ -133,3 +134,8 @@ pub use seawall_idempotency as idempotency;
 #[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
 #[doc(inline)]
 pub use seawall_chaos as chaos;
+
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+#[doc(inline)]
+pub use seawall_rate_limit as rate_limit;
