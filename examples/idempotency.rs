@@ -1,10 +1,13 @@
 //! Run with: cargo run -p seawall-examples --example idempotency
 //!
 //! Serves a "create charge" endpoint behind `IdempotencyLayer` on a loopback
-//! port, then plays a client that retries: the same request three times at
-//! once, a retry after success, and a key reused for a different charge.
-//! The charge is made once; repeats get the stored answer or a 409, and the
-//! reused key gets a 422. Prints each answer and exits.
+//! port, then plays clients that retry: Alice sends the same request three
+//! times at once, retries after success, and reuses her key for a different
+//! charge; Bob sends Alice's key value with his own credentials. Alice's
+//! charge is made once (repeats get the stored answer or a 409, the reused
+//! key a 422); Bob's request runs as his own, since records are scoped by
+//! the caller's credentials. Keys are bare tokens, as Stripe clients send
+//! them. Prints each answer and exits.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,9 +23,20 @@ use seawall::http::RejectionResponseLayer;
 use seawall::idempotency::IdempotencyLayer;
 use tower::ServiceBuilder;
 
-async fn create_charge(State(charges): State<Arc<AtomicUsize>>, body: Bytes) -> String {
+async fn create_charge(
+    State(charges): State<Arc<AtomicUsize>>,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> String {
     let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
-    format!("charge ch_{n} for {}\n", String::from_utf8_lossy(&body))
+    let who = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous");
+    format!(
+        "charge ch_{n} of {} for {who}\n",
+        String::from_utf8_lossy(&body)
+    )
 }
 
 #[tokio::main]
@@ -45,10 +59,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let send = |key: &'static str, amount: &'static str| {
+    let send_as = |who: &'static str, key: &'static str, amount: &'static str| {
         let client = client.clone();
         async move {
             let req = Request::post(format!("http://{addr}/charges"))
+                .header("authorization", format!("Bearer {who}"))
                 .header("idempotency-key", key)
                 .body(Full::new(Bytes::from(amount)))?;
             let res = client.request(req).await?;
@@ -56,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let replayed = res.headers().contains_key("idempotent-replayed");
             let body = res.into_body().collect().await?.to_bytes();
             println!(
-                "key {key:<12} amount {amount:<4} -> {status}{} {}",
+                "{who:<5} key {key:<8} amount {amount:<4} -> {status}{} {}",
                 if replayed { " (replayed)" } else { "" },
                 String::from_utf8_lossy(&body).trim_end()
             );
@@ -64,19 +79,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     };
 
+    let send = |key, amount| send_as("alice", key, amount);
     println!("three concurrent attempts of the same charge:");
     let (a, b, c) = tokio::join!(
-        send("\"order-7\"", "100"),
-        send("\"order-7\"", "100"),
-        send("\"order-7\"", "100")
+        send("order-7", "100"),
+        send("order-7", "100"),
+        send("order-7", "100")
     );
     a?;
     b?;
     c?;
     println!("a retry after it completed:");
-    send("\"order-7\"", "100").await?;
+    send("order-7", "100").await?;
     println!("the same key for a different charge:");
-    send("\"order-7\"", "250").await?;
+    send("order-7", "250").await?;
+    println!("another caller with the same key value (its own record):");
+    send_as("bob", "order-7", "100").await?;
     println!("no key on a route that requires one:");
     let req = Request::post(format!("http://{addr}/charges")).body(Full::new(Bytes::from("5")))?;
     println!("  -> {}", client.request(req).await?.status());
