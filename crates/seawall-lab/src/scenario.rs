@@ -549,6 +549,9 @@ impl Scenario {
                 if f.error_rate + f.hang_rate > 1.0 {
                     return Err(format!("{fat}: error_rate + hang_rate must not exceed 1"));
                 }
+                if f.spike.0 > Duration::from_secs(3600) {
+                    return Err(format!("{fat}.spike must be at most 1h"));
+                }
                 if let Some(c) = f.capacity {
                     if c == 0 || c > up.capacity {
                         return Err(format!(
@@ -563,8 +566,19 @@ impl Scenario {
         if c.max_attempts == 0 || c.max_attempts > 10 {
             return Err("client.max_attempts must be in 1..=10".to_owned());
         }
-        if c.concurrency == 0 {
-            return Err("client.concurrency must be at least 1".to_owned());
+        if c.concurrency == 0 || c.concurrency > 100_000 {
+            return Err("client.concurrency must be in 1..=100000".to_owned());
+        }
+        if c.pool > 100_000 {
+            return Err("client.pool must be at most 100000 (0: unlimited)".to_owned());
+        }
+        if c.attempt_timeout.0 > Duration::from_secs(3600)
+            || c.total_timeout.0 > Duration::from_secs(3600)
+            || c.breaker_open.0 > Duration::from_secs(3600)
+            || c.queue_wait.0 > Duration::from_secs(3600)
+            || self.drain.0 > Duration::from_secs(3600)
+        {
+            return Err("timeouts, waits and drain must be at most 1h".to_owned());
         }
         for (what, d) in [
             ("client.attempt_timeout", c.attempt_timeout),
