@@ -196,10 +196,29 @@ async fn three_replicas_share_redis() {
     assert_eq!(executions, KEYS as i64, "the handler ran once per key");
 }
 
+/// A pool like `PostgresStore::pool_for`'s, but whose waits and connection
+/// attempts may take 30 s: 1,000 requests racing on a loaded debug build
+/// queue for connections far longer than a production pool should wait,
+/// and a 503 from a pool timeout would be the machine's load, not a
+/// failure of the store.
+fn patient_pool(url: &str, size: usize) -> Pool {
+    use seawall::idempotency::deadpool_postgres::{tokio_postgres, Manager, Runtime};
+    let patience = Some(Duration::from_secs(30));
+    let config: tokio_postgres::Config = url.parse().expect("a valid url");
+    Pool::builder(Manager::new(config, tokio_postgres::NoTls))
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(patience)
+        .create_timeout(patience)
+        .recycle_timeout(patience)
+        .build()
+        .expect("a pool")
+}
+
 async fn postgres_pool() -> Option<(Pool, String)> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let pool = PostgresStore::pool_for(&url, 8).expect("a valid url");
+    let pool = patient_pool(&url, 8);
     match tokio::time::timeout(Duration::from_secs(5), pool.get()).await {
         Ok(Ok(_)) => Some((pool, url)),
         Ok(Err(e)) => {
@@ -235,7 +254,7 @@ async fn three_replicas_share_postgres() {
     let mut servers = Vec::new();
     for _ in 0..REPLICAS {
         // Each replica has its own pool, as separate processes would.
-        let pool = PostgresStore::pool_for(&url, 8).unwrap();
+        let pool = patient_pool(&url, 8);
         let store = PostgresStore::new(pool, &table).unwrap();
         store.create_table().await.expect("the table");
         let (effects, counter) = (effects.clone(), counter.clone());
