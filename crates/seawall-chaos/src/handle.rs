@@ -43,6 +43,8 @@ pub(crate) struct Core {
     pub(crate) faults: Box<[FaultState]>,
     pub(crate) headers: Option<HeaderFaults>,
     pub(crate) header_injections: AtomicU64,
+    /// The fault name of header-triggered faults in events.
+    pub(crate) header_fault: Arc<str>,
     origin: Instant,
     /// The start instant, in nanoseconds after `origin`.
     start: AtomicU64,
@@ -69,6 +71,7 @@ impl Core {
             faults,
             headers,
             header_injections: AtomicU64::new(0),
+            header_fault: Arc::from("header"),
             origin,
             start: AtomicU64::new(offset),
             seed,

@@ -18,9 +18,6 @@ use crate::future::{ResponseFuture, Then};
 use crate::handle::{ChaosHandle, Core, HEADERS_ON, MASTER_ON};
 use crate::protocol::{Answer, Plain, ProtocolFor};
 
-/// The name header-triggered faults go by in events.
-const HEADER_FAULT: &str = "header";
-
 /// Injects the faults of its [`ChaosLayer`](crate::ChaosLayer) into calls to
 /// `S`.
 ///
@@ -144,14 +141,14 @@ impl<S, P, L> Chaos<S, P, L> {
                 .and_then(|(faults, headers)| faults.read(headers));
             if let Some(triggered) = triggered {
                 core.header_injections.fetch_add(1, Relaxed);
-                let name: Arc<str> = Arc::from(HEADER_FAULT);
+                let name = &core.header_fault;
                 if let Some(d) = triggered.delay {
                     delay = d;
-                    self.emit(&name, FaultKind::Latency, Some(d));
+                    self.emit(name, FaultKind::Latency, Some(d));
                 }
                 if let Some(answer) = triggered.answer {
-                    self.emit(&name, answer.kind(), None);
-                    then = Some(self.answer::<Req, S::Response>(&answer, &name));
+                    self.emit(name, answer.kind(), None);
+                    then = Some(self.answer::<Req, S::Response>(&answer, name));
                 }
             }
         }
