@@ -24,6 +24,14 @@ use crate::state::{
 };
 use crate::window::{CountWindow, Counts, Padded, TimeWindow, Window};
 
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The window a breaker records into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WindowConfig {
@@ -45,6 +53,7 @@ pub(crate) struct Config {
     pub(crate) probes: u32,
     pub(crate) max_half_open_wait: Duration,
     pub(crate) count_inner_rejections: bool,
+    pub(crate) metrics_only: bool,
 }
 
 /// Why the breaker tripped.
@@ -79,18 +88,23 @@ impl Ticket {
     }
 
     #[inline]
-    pub(crate) fn word(&self) -> u64 {
-        self.word
-    }
-
-    #[inline]
     pub(crate) fn is_probe(&self) -> bool {
         self.state() == State::HalfOpen
     }
 }
 
+/// The probes of one half-open period, by admission time.
+#[derive(Debug, Default)]
+struct ProbeClock {
+    epoch: u64,
+    started: Vec<u64>,
+}
+
 #[derive(Debug)]
 struct Control {
+    /// What the probes of the last half-open period said, while the
+    /// breaker is open again after it.
+    last_probes: Option<ProbeVerdict>,
     trips: u32,
     rng: u64,
     since: Instant,
@@ -110,6 +124,11 @@ pub(crate) struct Breaker {
     gate: ProbeGate,
     open_until: AtomicU64,
     half_open_since: AtomicU64,
+    /// Admission times of the probes of the current half-open period that
+    /// have started and not finished, and the earliest moment one of them
+    /// has waited `max_half_open_wait` (`u64::MAX` if none).
+    probe_clock: Mutex<ProbeClock>,
+    probe_deadline: AtomicU64,
     rejected: AtomicU64,
     /// `cfg.slow_call_duration`, kept here so the call path does not chase
     /// the config's pointer.
@@ -155,10 +174,13 @@ impl Breaker {
             gate: ProbeGate::new(),
             open_until: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
+            probe_clock: Mutex::new(ProbeClock::default()),
+            probe_deadline: AtomicU64::new(u64::MAX),
             rejected: AtomicU64::new(0),
             slow_call: cfg.slow_call_duration,
             base: now,
             control: Mutex::new(Control {
+                last_probes: None,
                 trips: 0,
                 rng: cfg.open.initial_rng(),
                 since: now,
@@ -253,7 +275,9 @@ impl Breaker {
         loop {
             match state_of(word) {
                 State::Closed | State::Disabled => return Ok(word),
-                State::ForcedOpen => return Err(self.reject(word, None)),
+                // Forced open has no end the breaker knows of: hint the
+                // open duration an automatic trip starts with.
+                State::ForcedOpen => return Err(self.reject(word, Some(self.cfg.open.base()))),
                 State::Open => {
                     let now = self.nanos(Instant::now());
                     let until = self.open_until.load(Ordering::Relaxed);
@@ -262,27 +286,114 @@ impl Breaker {
                     }
                     self.transition(word, State::HalfOpen, None);
                 }
-                State::HalfOpen => match self.gate.try_admit(epoch_of(word), self.cfg.probes) {
-                    Admit::Admitted => return Ok(word),
-                    Admit::Full => {
-                        let since = self.half_open_since.load(Ordering::Relaxed);
-                        let waited = self.nanos(Instant::now()).saturating_sub(since);
-                        if Duration::from_nanos(waited) < self.cfg.max_half_open_wait {
-                            return Err(self.reject(word, None));
+                State::HalfOpen => {
+                    let now = self.nanos(Instant::now());
+                    // Checked on every admission: a probe that has not
+                    // finished `max_half_open_wait` after its admission is
+                    // lost, and the breaker opens again as of that moment.
+                    if let Some(lost_at) = self.lost_probe(word, now) {
+                        self.reopen_lost(word, lost_at);
+                    } else {
+                        match self.gate.try_admit(epoch_of(word), self.cfg.probes) {
+                            Admit::Admitted => return Ok(word),
+                            Admit::Full => {
+                                return Err(self.reject(word, Some(self.half_open_hint(now))));
+                            }
+                            Admit::Stale => {
+                                if self.state.load(Ordering::Acquire) == word {
+                                    return Err(self.reject(word, Some(self.half_open_hint(now))));
+                                }
+                            }
                         }
-                        // The probes are lost or hung: count it as a failed
-                        // attempt rather than wait for them forever.
-                        self.transition(word, State::Open, None);
                     }
-                    Admit::Stale => {
-                        if self.state.load(Ordering::Acquire) == word {
-                            return Err(self.reject(word, None));
-                        }
-                    }
-                },
+                }
             }
             word = self.state.load(Ordering::Acquire);
         }
+    }
+
+    /// When the oldest probe of the half-open period `word` was lost, if
+    /// one is: a started probe `max_half_open_wait` after its admission, or
+    /// a slot taken but never started that long after half-open began.
+    fn lost_probe(&self, word: u64, now: u64) -> Option<u64> {
+        let deadline = self.probe_deadline.load(Ordering::Acquire);
+        if now >= deadline {
+            return Some(deadline);
+        }
+        let wait = duration_nanos(self.cfg.max_half_open_wait);
+        let unstarted_deadline = self
+            .half_open_since
+            .load(Ordering::Relaxed)
+            .saturating_add(wait);
+        if now < unstarted_deadline {
+            return None;
+        }
+        // Slots taken and not finished, against probes started: the rest
+        // were admitted and never called.
+        let (taken, done) = self.gate.counts(epoch_of(word))?;
+        let started = lock(&self.probe_clock).started.len();
+        (taken.saturating_sub(done) as usize > started).then_some(unstarted_deadline)
+    }
+
+    /// How long a caller refused while half-open should wait: until the
+    /// oldest probe's `max_half_open_wait` runs out, when the breaker has
+    /// closed or opened again for sure.
+    fn half_open_hint(&self, now: u64) -> Duration {
+        let deadline = self.probe_deadline.load(Ordering::Acquire);
+        let deadline = if deadline == u64::MAX {
+            self.half_open_since
+                .load(Ordering::Relaxed)
+                .saturating_add(duration_nanos(self.cfg.max_half_open_wait))
+        } else {
+            deadline
+        };
+        Duration::from_nanos(deadline.saturating_sub(now))
+    }
+
+    #[cold]
+    fn reopen_lost(&self, word: u64, lost_at: u64) {
+        let mut control = self.control();
+        if self.state.load(Ordering::Acquire) != word {
+            return;
+        }
+        control.last_probes = self.gate.progress(epoch_of(word));
+        let from = self.apply_at(&mut control, word, State::Open, Some(lost_at));
+        drop(control);
+        self.announce(from, State::Open, None);
+    }
+
+    /// Notes a probe's start, for `max_half_open_wait`.
+    #[cold]
+    #[inline(never)]
+    fn probe_started(&self, word: u64) -> u64 {
+        let now = self.nanos(Instant::now());
+        let mut clock = lock(&self.probe_clock);
+        if clock.epoch == epoch_of(word) {
+            clock.started.push(now);
+            self.publish_deadline(&clock);
+        }
+        now
+    }
+
+    /// Forgets a probe that finished or was abandoned after it started.
+    fn probe_finished(&self, ticket: &Ticket) {
+        let mut clock = lock(&self.probe_clock);
+        if clock.epoch == epoch_of(ticket.word) {
+            if let Some(i) = clock.started.iter().position(|&t| t == ticket.start) {
+                clock.started.swap_remove(i);
+                self.publish_deadline(&clock);
+            }
+        }
+    }
+
+    fn publish_deadline(&self, clock: &ProbeClock) {
+        let wait = duration_nanos(self.cfg.max_half_open_wait);
+        let deadline = clock
+            .started
+            .iter()
+            .min()
+            .map_or(u64::MAX, |t| t.saturating_add(wait));
+        self.probe_deadline.store(deadline, Ordering::Release);
     }
 
     /// The ticket of a call admitted under `word`, as it starts. The clock
@@ -290,6 +401,14 @@ impl Breaker {
     /// runs from `call`, not from readiness.
     #[inline]
     pub(crate) fn ticket(&self, word: u64) -> Ticket {
+        if !admits_all(word) {
+            // A probe: its start is its admission time (for the slow-call
+            // check too), tracked for `max_half_open_wait`.
+            return Ticket {
+                word,
+                start: self.probe_started(word),
+            };
+        }
         let start = if self.slow_call.is_some() && state_of(word) != State::Disabled {
             self.nanos(Instant::now())
         } else {
@@ -307,11 +426,19 @@ impl Breaker {
         CircuitOpen::new(retry_after)
     }
 
-    /// A probe that will never report (cancelled before it finished, or
-    /// admitted and never called).
+    /// A probe admitted and never started: its slot is given back.
     pub(crate) fn abandon(&self, word: u64) {
         if state_of(word) == State::HalfOpen {
             self.gate.release(epoch_of(word));
+        }
+    }
+
+    /// A probe that started and will never report (cancelled, or its
+    /// outcome ignored): its slot is given back.
+    pub(crate) fn abandon_probe(&self, ticket: &Ticket) {
+        if ticket.is_probe() {
+            self.probe_finished(ticket);
+            self.gate.release(epoch_of(ticket.word));
         }
     }
 
@@ -348,9 +475,10 @@ impl Breaker {
     #[inline(never)]
     fn record_probe(&self, ticket: &Ticket, outcome: Outcome) {
         if outcome == Outcome::Ignore {
-            self.abandon(ticket.word);
+            self.abandon_probe(ticket);
             return;
         }
+        self.probe_finished(ticket);
         let slow = self.is_slow(ticket);
         if let Some(verdict) = self.gate.complete(
             epoch_of(ticket.word),
@@ -403,7 +531,13 @@ impl Breaker {
     fn confirm_trip(&self, ticket: &Ticket, window: &Window, now: u64, consecutive: u64) {
         let counts = window.confirm(now);
         if let Some(trip) = self.trip_rule(counts, consecutive) {
-            self.transition(ticket.word, State::Open, Some(trip));
+            if self.cfg.metrics_only {
+                // Record and report, never refuse: the rule's event, no
+                // transition.
+                self.announce(State::Closed, State::Closed, Some(trip));
+            } else {
+                self.transition(ticket.word, State::Open, Some(trip));
+            }
         }
     }
 
@@ -447,9 +581,19 @@ impl Breaker {
             None
         };
         match trip {
-            Some(trip) => self.transition(word, State::Open, Some(trip)),
-            None => self.transition(word, State::Closed, None),
-        };
+            Some(trip) => {
+                let mut control = self.control();
+                if self.state.load(Ordering::Acquire) == word {
+                    control.last_probes = Some(v);
+                    let from = self.apply_at(&mut control, word, State::Open, None);
+                    drop(control);
+                    self.announce(from, State::Open, Some(trip));
+                }
+            }
+            None => {
+                self.transition(word, State::Closed, None);
+            }
+        }
     }
 
     /// Moves from the state in `expected` to `to`, unless another thread
@@ -480,6 +624,21 @@ impl Breaker {
     /// `Release` store of the state word makes everything prepared here
     /// visible to any caller that loads the new word.
     fn apply(&self, control: &mut Control, current: u64, to: State) -> State {
+        if to != State::Open || state_of(current) != State::HalfOpen {
+            control.last_probes = None;
+        }
+        self.apply_at(control, current, to, None)
+    }
+
+    /// [`apply`](Self::apply), with an open period that started at
+    /// `opened_at` (nanoseconds since the base instant) instead of now.
+    fn apply_at(
+        &self,
+        control: &mut Control,
+        current: u64,
+        to: State,
+        opened_at: Option<u64>,
+    ) -> State {
         let now = Instant::now();
         let epoch = epoch_of(current) + 1;
         match to {
@@ -494,12 +653,18 @@ impl Breaker {
                 control.trips = control.trips.saturating_add(1);
                 let wait = self.cfg.open.for_trip(control.trips, &mut control.rng);
                 let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+                let from = opened_at.unwrap_or_else(|| self.nanos(now));
                 self.open_until
-                    .store(self.nanos(now).saturating_add(wait), Ordering::Relaxed);
+                    .store(from.saturating_add(wait), Ordering::Relaxed);
             }
             State::HalfOpen => {
                 self.half_open_since
                     .store(self.nanos(now), Ordering::Relaxed);
+                let mut clock = lock(&self.probe_clock);
+                clock.epoch = epoch;
+                clock.started.clear();
+                self.publish_deadline(&clock);
+                drop(clock);
                 self.gate.open(epoch);
             }
             State::ForcedOpen | State::Disabled => {}
@@ -540,11 +705,30 @@ impl Breaker {
         let control = self.control();
         let word = self.state.load(Ordering::Acquire);
         let now = Instant::now();
-        let counts = self.window().counts(self.nanos(now));
         let state = state_of(word);
+        // While half-open, the probes so far; while open again after them,
+        // their verdict; otherwise the sliding window.
+        let probes = match state {
+            State::HalfOpen => self.gate.progress(epoch_of(word)),
+            State::Open => control.last_probes,
+            _ => None,
+        };
+        let (counts, minimum) = match probes {
+            Some(v) => (
+                Counts {
+                    calls: u64::from(v.done),
+                    failures: u64::from(v.failed),
+                    slow: u64::from(v.slow),
+                },
+                1,
+            ),
+            None => (
+                self.window().counts(self.nanos(now)),
+                self.cfg.minimum_calls,
+            ),
+        };
         let rate = |n: u64| {
-            (counts.calls >= self.cfg.minimum_calls && counts.calls > 0)
-                .then(|| n as f64 / counts.calls as f64)
+            (counts.calls >= minimum && counts.calls > 0).then(|| n as f64 / counts.calls as f64)
         };
         let open_remaining = (state == State::Open).then(|| {
             Duration::from_nanos(
@@ -553,7 +737,7 @@ impl Breaker {
                     .saturating_sub(self.nanos(now)),
             )
         });
-        let probes = if state == State::HalfOpen {
+        let in_flight = if state == State::HalfOpen {
             self.gate.counts(epoch_of(word))
         } else {
             None
@@ -562,6 +746,7 @@ impl Breaker {
             state,
             state_since: control.since,
             calls: counts.calls,
+            successes: counts.calls - counts.failures,
             failures: counts.failures,
             slow_calls: counts.slow,
             failure_rate: rate(counts.failures),
@@ -570,11 +755,12 @@ impl Breaker {
             } else {
                 None
             },
+            probe_window: probes.is_some(),
             consecutive_failures: self.consecutive.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             consecutive_trips: control.trips,
             open_remaining,
-            probes_in_flight: probes.map_or(0, |(taken, done)| taken.saturating_sub(done)),
+            probes_in_flight: in_flight.map_or(0, |(taken, done)| taken.saturating_sub(done)),
         }
     }
 }
@@ -597,6 +783,7 @@ mod tests {
             probes: 1,
             max_half_open_wait: Duration::from_secs(1),
             count_inner_rejections: false,
+            metrics_only: false,
         }
     }
 

@@ -96,7 +96,7 @@ impl<C> Permit<C> {
 impl<C> Drop for Permit<C> {
     fn drop(&mut self) {
         if !self.recorded && self.ticket.is_probe() {
-            self.shared.breaker.abandon(self.ticket.word());
+            self.shared.breaker.abandon_probe(&self.ticket);
         }
     }
 }

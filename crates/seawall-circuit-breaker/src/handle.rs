@@ -155,13 +155,23 @@ pub struct Metrics {
     pub state: State,
     /// When the breaker entered `state`.
     pub state_since: Instant,
-    /// Calls in the sliding window (outcomes from the closed state only).
+    /// Calls in the sliding window (outcomes from the closed state only);
+    /// while half-open, the probes finished so far, and while open again
+    /// after probing, the probes of that attempt (see
+    /// [`probe_window`](Self::probe_window)).
     pub calls: u64,
-    /// Failed calls in the window.
+    /// Calls that did not fail (`calls - failures`).
+    pub successes: u64,
+    /// Failed calls.
     pub failures: u64,
-    /// Slow calls in the window.
+    /// Slow calls.
     pub slow_calls: u64,
-    /// `failures / calls`, once the window holds at least `minimum_calls`.
+    /// `true` when `calls`, `failures`, `slow_calls` and the rates describe
+    /// half-open probes (the ones running now, or the verdict of the last
+    /// attempt while open again after it) rather than the sliding window.
+    pub probe_window: bool,
+    /// `failures / calls`, once the window holds at least `minimum_calls`
+    /// (for probes, once one finished).
     pub failure_rate: Option<f64>,
     /// `slow_calls / calls`, once the window holds at least
     /// `minimum_calls` and slow calls are detected.

@@ -168,6 +168,7 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
 /// | [`half_open_probes`](Self::half_open_probes) | 1 |
 /// | [`max_half_open_wait`](Self::max_half_open_wait) | 60 s |
 /// | [`count_inner_rejections`](Self::count_inner_rejections) | `false` |
+/// | [`metrics_only`](Self::metrics_only) | `false` |
 /// | [`classifier`](Self::classifier) | [`ErrorsFail`] |
 /// | [`listener`](Self::listener) | [`NoopListener`] |
 /// | [`key_capacity`](Self::key_capacity) (keyed) | 1024 |
@@ -188,6 +189,7 @@ pub struct Builder<C = ErrorsFail, L = NoopListener> {
     probes: u32,
     max_half_open_wait: Duration,
     count_inner_rejections: bool,
+    metrics_only: bool,
     key_capacity: usize,
     key_idle_timeout: Duration,
     classifier: C,
@@ -208,6 +210,7 @@ impl<C: fmt::Debug, L: fmt::Debug> fmt::Debug for Builder<C, L> {
             .field("probes", &self.probes)
             .field("max_half_open_wait", &self.max_half_open_wait)
             .field("count_inner_rejections", &self.count_inner_rejections)
+            .field("metrics_only", &self.metrics_only)
             .field("key_capacity", &self.key_capacity)
             .field("key_idle_timeout", &self.key_idle_timeout)
             .field("classifier", &self.classifier)
@@ -237,6 +240,7 @@ impl Builder {
             probes: 1,
             max_half_open_wait: Duration::from_secs(60),
             count_inner_rejections: false,
+            metrics_only: false,
             key_capacity: 1024,
             key_idle_timeout: Duration::from_secs(600),
             classifier: ErrorsFail,
@@ -313,9 +317,15 @@ impl<C, L> Builder<C, L> {
         self
     }
 
-    /// The longest the breaker stays half-open waiting for its probes; past
-    /// it, the next call opens the breaker again, so probes that never
-    /// finish cannot wedge it.
+    /// The longest a half-open probe may run, from its admission. A probe
+    /// that has not finished by then is lost: the first call to arrive
+    /// after that moment (any call, whether or not probe slots are free)
+    /// opens the breaker again, with the new open period counted from the
+    /// moment the wait ran out, so probes that never finish cannot wedge
+    /// it. A slot admitted by `poll_ready` but never called counts from the
+    /// start of half-open. Calls refused while half-open carry a
+    /// `retry_after` of the time left until the oldest probe's wait runs
+    /// out (by then the breaker has closed or opened again).
     pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
         self.max_half_open_wait = wait;
         self
@@ -350,6 +360,40 @@ impl<C, L> Builder<C, L> {
         self
     }
 
+    /// Metrics-only mode (default `false`): record and report like a
+    /// normal breaker (window, [`Metrics`](crate::Metrics), and the
+    /// `FailureRateExceeded` / `SlowCallRateExceeded` /
+    /// `ConsecutiveFailuresExceeded` events each time a judgement finds a
+    /// rule broken), but never open and never refuse a call, like
+    /// Resilience4j's `METRICS_ONLY` state. Useful to tune thresholds on
+    /// real traffic before enforcing them.
+    ///
+    /// ```
+    /// use seawall_circuit_breaker::{CircuitBreakerLayer, State};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .count_window(4)
+    ///     .minimum_calls(4)
+    ///     .metrics_only(true)
+    ///     .build()
+    ///     .unwrap();
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(service_fn(|_: ()| async { Err::<(), _>("down") }));
+    /// for _ in 0..8 {
+    ///     assert_eq!(svc.clone().oneshot(()).await.unwrap_err().to_string(), "down");
+    /// }
+    /// assert_eq!(handle.state(), State::Closed);
+    /// assert_eq!(handle.metrics().failure_rate, Some(1.0));
+    /// # }
+    /// ```
+    pub fn metrics_only(mut self, metrics_only: bool) -> Self {
+        self.metrics_only = metrics_only;
+        self
+    }
+
     /// Keyed mode: the most breakers kept at once. No breaker is evicted
     /// while there is room; when full, a new key takes the place of an idle
     /// breaker first, else of the least recently used one of its shard (the
@@ -379,6 +423,7 @@ impl<C, L> Builder<C, L> {
             probes: self.probes,
             max_half_open_wait: self.max_half_open_wait,
             count_inner_rejections: self.count_inner_rejections,
+            metrics_only: self.metrics_only,
             key_capacity: self.key_capacity,
             key_idle_timeout: self.key_idle_timeout,
             classifier,
@@ -400,6 +445,7 @@ impl<C, L> Builder<C, L> {
             probes: self.probes,
             max_half_open_wait: self.max_half_open_wait,
             count_inner_rejections: self.count_inner_rejections,
+            metrics_only: self.metrics_only,
             key_capacity: self.key_capacity,
             key_idle_timeout: self.key_idle_timeout,
             classifier: self.classifier,
@@ -510,6 +556,7 @@ impl<C, L> Builder<C, L> {
             probes: self.probes,
             max_half_open_wait: self.max_half_open_wait,
             count_inner_rejections: self.count_inner_rejections,
+            metrics_only: self.metrics_only,
         }
     }
 }

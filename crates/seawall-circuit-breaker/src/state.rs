@@ -29,7 +29,15 @@ pub enum State {
 }
 
 impl State {
-    const ALL: [State; 5] = [
+    /// Every state, e.g. to export one gauge series per state.
+    ///
+    /// ```
+    /// use seawall_circuit_breaker::State;
+    ///
+    /// let names: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+    /// assert_eq!(names, ["closed", "open", "half_open", "forced_open", "disabled"]);
+    /// ```
+    pub const ALL: [State; 5] = [
         State::Closed,
         State::Open,
         State::HalfOpen,
@@ -254,6 +262,16 @@ impl ProbeGate {
                 Err(actual) => cur = actual,
             }
         }
+    }
+
+    /// The finished probes of `epoch` so far, if the gate is on it.
+    pub(crate) fn progress(&self, epoch: u64) -> Option<ProbeVerdict> {
+        let w = self.word.load(Ordering::Acquire);
+        (w >> EPOCH_SHIFT == epoch_bits(epoch)).then(|| ProbeVerdict {
+            done: field(w, DONE_SHIFT),
+            failed: field(w, FAILED_SHIFT),
+            slow: field(w, SLOW_SHIFT),
+        })
     }
 
     /// Probes taken and finished in `epoch`, if the gate is on it.

@@ -190,3 +190,171 @@ fn outcomes_recorded_from_several_threads_are_all_kept() {
     assert_eq!(m.calls, THREADS * PER_THREAD);
     assert_eq!(m.failures, THREADS * PER_THREAD / 4);
 }
+
+fn probing(probes: u32, wait: u64) -> seawall_circuit_breaker::Builder {
+    CircuitBreakerLayer::builder()
+        .count_window(2)
+        .minimum_calls(2)
+        .open_duration(Duration::from_secs(10))
+        .half_open_probes(probes)
+        .max_half_open_wait(Duration::from_secs(wait))
+}
+
+/// What each call does: fail at once, succeed after some seconds, or hang.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Fail,
+    OkAfter(u64),
+    Hang,
+}
+
+async fn dependency(call: Call) -> Result<(), Boom> {
+    match call {
+        Call::Fail => Err(Boom),
+        Call::OkAfter(secs) => {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            Ok(())
+        }
+        Call::Hang => std::future::pending().await,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_is_lost_max_half_open_wait_after_its_own_admission() {
+    let layer = probing(4, 30).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(dependency));
+    for _ in 0..2 {
+        let _ = svc.clone().oneshot(Call::Fail).await;
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+
+    // One probe hangs; a second is admitted 20 s later and is healthy.
+    let hung = tokio::spawn(svc.clone().oneshot(Call::Hang));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let late = tokio::spawn(svc.clone().oneshot(Call::OkAfter(60)));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.metrics().probes_in_flight, 2);
+
+    // Free slots remain, but 30 s after the hung probe's admission the next
+    // call opens the breaker, as of that moment.
+    tokio::time::advance(Duration::from_secs(15)).await;
+    let err = svc.clone().oneshot(Call::OkAfter(0)).await.unwrap_err();
+    let open = err
+        .downcast_ref::<seawall_circuit_breaker::CircuitOpen>()
+        .unwrap();
+    assert_eq!(handle.state(), State::Open);
+    // Lost at +30 s, now +35 s: 5 s of the 10 s open period are left.
+    assert_eq!(
+        seawall_core::Rejection::retry_after(open),
+        Some(Duration::from_secs(5))
+    );
+    assert_eq!(
+        handle.metrics().open_remaining,
+        Some(Duration::from_secs(5))
+    );
+    hung.abort();
+    late.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_probe_admitted_late_is_not_declared_lost() {
+    let layer = probing(2, 30).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(dependency));
+    for _ in 0..2 {
+        let _ = svc.clone().oneshot(Call::Fail).await;
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    svc.clone().oneshot(Call::OkAfter(0)).await.unwrap();
+    assert_eq!(handle.state(), State::HalfOpen);
+    let m = handle.metrics();
+    assert!(m.probe_window);
+    assert_eq!((m.calls, m.successes, m.failures), (1, 1, 0));
+    assert_eq!(m.failure_rate, Some(0.0));
+
+    // The second probe starts 25 s into half-open and takes 10 s.
+    tokio::time::advance(Duration::from_secs(25)).await;
+    let second = tokio::spawn(svc.clone().oneshot(Call::OkAfter(10)));
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_secs(6)).await;
+    // 31 s into half-open, every slot taken: refused with the time left
+    // until that probe's own wait runs out (25 + 30 - 31 = 24 s).
+    let err = svc.clone().oneshot(Call::OkAfter(0)).await.unwrap_err();
+    let open = err
+        .downcast_ref::<seawall_circuit_breaker::CircuitOpen>()
+        .unwrap();
+    assert_eq!(
+        seawall_core::Rejection::retry_after(open),
+        Some(Duration::from_secs(24))
+    );
+    assert_eq!(handle.state(), State::HalfOpen);
+    second.await.unwrap().unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    assert!(!handle.metrics().probe_window);
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_report_the_failed_probes_after_reopening_and_forced_open_hints() {
+    let layer = probing(2, 30).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(dependency));
+    for _ in 0..2 {
+        let _ = svc.clone().oneshot(Call::Fail).await;
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let _ = svc.clone().oneshot(Call::Fail).await;
+    let m = handle.metrics();
+    assert!(m.probe_window);
+    assert_eq!((m.calls, m.failures, m.successes), (1, 1, 0));
+    svc.clone().oneshot(Call::OkAfter(0)).await.unwrap();
+    let m = handle.metrics();
+    assert_eq!(m.state, State::Open);
+    assert!(m.probe_window, "the verdict of the attempt");
+    assert_eq!((m.calls, m.failures, m.successes), (2, 1, 1));
+    assert_eq!(m.failure_rate, Some(0.5));
+
+    handle.force_open();
+    let err = svc.clone().oneshot(Call::OkAfter(0)).await.unwrap_err();
+    let open = err
+        .downcast_ref::<seawall_circuit_breaker::CircuitOpen>()
+        .unwrap();
+    assert_eq!(
+        seawall_core::Rejection::retry_after(open),
+        Some(Duration::from_secs(10))
+    );
+    assert!(!handle.metrics().probe_window);
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_only_records_and_reports_but_never_refuses() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let layer = probing(1, 30)
+        .metrics_only(true)
+        .listener(FnListener::new(move |e: &CircuitBreakerEvent| {
+            log.lock().unwrap().push(*e.kind());
+        }))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(dependency));
+    for _ in 0..5 {
+        assert!(!svc
+            .clone()
+            .oneshot(Call::Fail)
+            .await
+            .unwrap_err()
+            .is::<seawall_circuit_breaker::CircuitOpen>());
+    }
+    assert_eq!(handle.state(), State::Closed);
+    let m = handle.metrics();
+    assert_eq!((m.calls, m.failures, m.rejected), (2, 2, 0));
+    let events = events.lock().unwrap();
+    assert!(events
+        .iter()
+        .all(|e| matches!(e, EventKind::FailureRateExceeded { .. })));
+    assert_eq!(events.len(), 4, "{events:?}");
+}

@@ -230,7 +230,8 @@ async fn open_does_not_wait_for_inner_readiness() {
     assert!(svc.poll_ready().is_ready());
     let err = svc.call(Call::Ok).await.unwrap_err();
     assert!(err.is::<CircuitOpen>());
-    assert!(open_error(Err(err)).retry_after().is_none());
+    // Forced open hints the base open duration.
+    assert_eq!(open_error(Err(err)).retry_after(), Some(SECS(10)));
     assert!(mock.poll_request().is_pending());
     // Back to closed: readiness is the inner service's again.
     handle.reset();
@@ -312,9 +313,10 @@ async fn half_open_admits_exactly_the_configured_probes() {
     tokio::task::yield_now().await;
     assert_eq!(handle.state(), State::HalfOpen);
     assert_eq!(handle.metrics().probes_in_flight, 3);
-    // Every slot is taken: the overflow is rejected, still open to it.
+    // Every slot is taken: the overflow is rejected, told to come back
+    // when the probes' `max_half_open_wait` (60 s by default) runs out.
     let open = open_error(send(&mut svc, Call::Ok).await);
-    assert_eq!(open.retry_after(), None);
+    assert_eq!(open.retry_after(), Some(SECS(60)));
     assert_eq!(reached.load(Ordering::SeqCst), 7);
     for p in probes {
         assert_eq!(p.await.unwrap().unwrap(), "slow");
@@ -511,9 +513,10 @@ async fn handle_forces_open_disables_and_resets() {
     handle.force_open();
     assert_eq!(*changes.borrow_and_update(), State::ForcedOpen);
     tokio::time::advance(SECS(3_600)).await;
-    assert!(open_error(send(&mut svc, Call::Ok).await)
-        .retry_after()
-        .is_none());
+    assert_eq!(
+        open_error(send(&mut svc, Call::Ok).await).retry_after(),
+        Some(SECS(10))
+    );
     assert_eq!(reached.load(Ordering::SeqCst), 0);
 
     handle.disable();
@@ -587,7 +590,7 @@ async fn a_leaked_layer_trips_and_shares_its_breaker_with_an_earlier_handle() {
     assert_eq!(handle.state(), State::ForcedOpen);
     assert!(open_error(send(&mut leaked, Call::Ok).await)
         .retry_after()
-        .is_none());
+        .is_some());
     assert_eq!(reached.load(Ordering::SeqCst), 5);
     earlier_handle.reset();
     assert_eq!(send(&mut leaked, Call::Ok).await.unwrap(), "ok");
