@@ -26,6 +26,9 @@ pub enum StoreErrorKind {
     Full,
     /// A stored value could not be read.
     Corrupt,
+    /// The store is set up so that it could drop live records (for example
+    /// a Redis server with an evicting `maxmemory-policy`).
+    Misconfigured,
 }
 
 impl StoreError {
@@ -53,6 +56,14 @@ impl StoreError {
         }
     }
 
+    /// The store is set up so that it could drop live records.
+    pub fn misconfigured(why: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            kind: StoreErrorKind::Misconfigured,
+            source: Some(why.into()),
+        }
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> StoreErrorKind {
         self.kind
@@ -65,6 +76,9 @@ impl fmt::Display for StoreError {
             StoreErrorKind::Unavailable => f.write_str("idempotency store unavailable"),
             StoreErrorKind::Full => f.write_str("idempotency store full"),
             StoreErrorKind::Corrupt => f.write_str("idempotency store returned a corrupt record"),
+            StoreErrorKind::Misconfigured => {
+                f.write_str("idempotency store is configured to drop live records")
+            }
         }
     }
 }
@@ -120,6 +134,12 @@ mod tests {
         assert_eq!(e.source().unwrap().to_string(), "connection refused");
         assert!(StoreError::full().source().is_none());
         assert_eq!(StoreError::corrupt("x").kind(), StoreErrorKind::Corrupt);
+        let e = StoreError::misconfigured("maxmemory-policy is allkeys-lru");
+        assert_eq!(e.kind(), StoreErrorKind::Misconfigured);
+        assert_eq!(
+            e.to_string(),
+            "idempotency store is configured to drop live records"
+        );
     }
 
     #[test]

@@ -170,20 +170,21 @@ impl CredentialDigest {
     /// The digest of the fields `names` in `headers`; `None` if the request
     /// carries none of them (an anonymous request).
     pub fn of(headers: &HeaderMap, names: &[HeaderName]) -> Option<Self> {
+        // Anonymous requests hash nothing.
+        if !names.iter().any(|n| headers.contains_key(n)) {
+            return None;
+        }
         let mut hasher = Sha256::new();
         feed(&mut hasher, b"seawall-idempotency/credentials/v1");
-        let mut any = false;
         for name in names {
             let values = headers.get_all(name);
-            let count = values.iter().count();
-            any |= count > 0;
             feed(&mut hasher, name.as_str().as_bytes());
-            hasher.update((count as u64).to_be_bytes());
+            hasher.update((values.iter().count() as u64).to_be_bytes());
             for value in values {
                 feed(&mut hasher, value.as_bytes());
             }
         }
-        any.then(|| Self(hasher.finalize().into()))
+        Some(Self(hasher.finalize().into()))
     }
 
     /// The raw hash.

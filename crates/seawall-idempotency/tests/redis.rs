@@ -86,6 +86,20 @@ async fn layer_behaviour_with_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_server_does_not_evict_records() {
+    let Some(conn) = connect().await else { return };
+    // The shared test server runs Redis's default policy, `noeviction`;
+    // this reads it, it never changes it.
+    RedisStore::with_connection(conn)
+        .check_eviction_policy()
+        .await
+        .expect("noeviction");
+    let down = RedisStore::open("redis://127.0.0.1:1").unwrap();
+    let err = down.check_eviction_policy().await.unwrap_err();
+    assert_eq!(err.kind(), seawall_idempotency::StoreErrorKind::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_down_fails_closed() {
     // Nothing listens on port 1: the store cannot connect.
     let store = RedisStore::open("redis://127.0.0.1:1").unwrap();

@@ -75,6 +75,8 @@ return 0
 /// `volatile-*` (or `allkeys-*`) policy would evict live records and let
 /// their handlers run a second time, while `noeviction` makes new claims
 /// fail, which the layer answers with 503 (fail closed).
+/// [`check_eviction_policy`](Self::check_eviction_policy) checks this at
+/// start-up.
 ///
 /// The store works on any [`ConnectionLike`] that can be cloned (a
 /// [`ConnectionManager`], a `MultiplexedConnection`, or a wrapper of
@@ -147,6 +149,48 @@ impl<C> RedisStore<C> {
     /// The connection the store uses.
     pub fn connection(&self) -> &C {
         &self.conn
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Checks that the server never evicts records: its
+    /// `maxmemory-policy` must be `noeviction`. Any other policy can drop a
+    /// live record when Redis is full (every record has a TTL, so even the
+    /// `volatile-*` policies apply) and let its handler run a second time.
+    ///
+    /// Call it once at start-up. Fails with
+    /// [`StoreErrorKind::Misconfigured`](crate::StoreErrorKind::Misconfigured)
+    /// for an evicting policy, and with `Unavailable` if the server cannot be
+    /// asked (managed services that disable `CONFIG` among them: check the
+    /// policy in their console instead).
+    pub async fn check_eviction_policy(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::unavailable)?;
+        match reply.get("maxmemory-policy") {
+            Some(policy) => refuse_evicting_policy(policy),
+            None => Err(StoreError::unavailable(
+                "the server did not report its maxmemory-policy",
+            )),
+        }
+    }
+}
+
+fn refuse_evicting_policy(policy: &str) -> Result<(), StoreError> {
+    if policy.eq_ignore_ascii_case("noeviction") {
+        Ok(())
+    } else {
+        Err(StoreError::misconfigured(format!(
+            "redis maxmemory-policy is {policy}, which can evict live idempotency records; \
+             set it to noeviction"
+        )))
     }
 }
 
@@ -287,5 +331,30 @@ where
                 .map_err(StoreError::unavailable)?;
             Ok(renewed == 1)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreErrorKind;
+
+    #[test]
+    fn only_noeviction_is_accepted() {
+        assert!(refuse_evicting_policy("noeviction").is_ok());
+        for evicting in [
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+        ] {
+            let err = refuse_evicting_policy(evicting).unwrap_err();
+            assert_eq!(err.kind(), StoreErrorKind::Misconfigured);
+            let why = std::error::Error::source(&err).unwrap().to_string();
+            assert!(why.contains(evicting), "{why}");
+        }
     }
 }
