@@ -214,6 +214,13 @@ impl Breaker {
         self.key.as_ref()
     }
 
+    /// Whether the breaker is open with an open period that ended at least
+    /// `ago` before `now`.
+    pub(crate) fn open_ended_before(&self, now: Instant, ago: Duration) -> bool {
+        let until = self.open_until.load(Ordering::Relaxed);
+        self.nanos(now) >= until.saturating_add(duration_nanos(ago))
+    }
+
     pub(crate) fn state(&self) -> State {
         state_of(self.state.load(Ordering::Acquire))
     }

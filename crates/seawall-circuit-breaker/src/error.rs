@@ -63,6 +63,58 @@ impl Rejection for CircuitOpen {
     }
 }
 
+/// The error returned by a keyed breaker for a request whose key has no
+/// breaker yet when the registry is full and holds no breaker it may drop.
+///
+/// A keyed registry never drops a breaker that is open, half-open, forced
+/// open or disabled (that would silently close a failing dependency's
+/// circuit); when every place holds one, new keys are refused with this
+/// error instead, without calling the inner service. Its status is `503`
+/// and its `retry_after` hint the breaker's base open duration.
+///
+/// ```
+/// use seawall_circuit_breaker::KeyedRegistryFull;
+/// use seawall_core::BoxError;
+///
+/// fn is_registry_full(err: &BoxError) -> bool {
+///     err.is::<KeyedRegistryFull>()
+/// }
+/// # let _ = is_registry_full;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedRegistryFull {
+    rejected: Rejected,
+}
+
+impl KeyedRegistryFull {
+    /// The `kind` of the [`Rejected`] inside.
+    pub const KIND: &'static str = "circuit_breaker_registry_full";
+
+    pub(crate) const fn new(retry_after: Option<Duration>) -> Self {
+        Self {
+            rejected: Rejected::new(Self::KIND, StatusCode::SERVICE_UNAVAILABLE, retry_after),
+        }
+    }
+}
+
+impl fmt::Display for KeyedRegistryFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("circuit breaker registry is full")
+    }
+}
+
+impl Error for KeyedRegistryFull {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.rejected)
+    }
+}
+
+impl Rejection for KeyedRegistryFull {
+    fn rejected(&self) -> &Rejected {
+        &self.rejected
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use seawall_core::{rejection, BoxError, Classify, Outcome, SharedState};
 
 use crate::breaker::Ticket;
-use crate::error::CircuitOpen;
+use crate::error::{CircuitOpen, KeyedRegistryFull};
 use crate::handle::Shared;
 
 /// The right to make one call, from admission until its outcome is
@@ -136,6 +136,9 @@ pin_project! {
         Rejected {
             retry_after: Option<Duration>,
         },
+        Refused {
+            full: KeyedRegistryFull,
+        },
     }
 }
 
@@ -152,12 +155,18 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
+    pub(crate) fn refused(full: KeyedRegistryFull) -> Self {
+        Self {
+            kind: Kind::Refused { full },
+        }
+    }
+
     /// For a called future, whether its permit holds leaked state.
     #[cfg(all(test, not(loom)))]
     pub(crate) fn holds_static_state(&self) -> Option<bool> {
         match &self.kind {
             Kind::Called { permit, .. } => Some(permit.shared.is_static()),
-            Kind::Rejected { .. } => None,
+            Kind::Rejected { .. } | Kind::Refused { .. } => None,
         }
     }
 }
@@ -172,6 +181,10 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
             Kind::Rejected { retry_after } => f
                 .debug_struct("ResponseFuture")
                 .field("rejected", &CircuitOpen::new(*retry_after))
+                .finish(),
+            Kind::Refused { full } => f
+                .debug_struct("ResponseFuture")
+                .field("refused", full)
                 .finish(),
         }
     }
@@ -224,6 +237,7 @@ where
             KindProj::Rejected { retry_after } => {
                 Poll::Ready(Err(Box::new(CircuitOpen::new(*retry_after))))
             }
+            KindProj::Refused { full } => Poll::Ready(Err(Box::new(*full))),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Keyed mode: one breaker per key, in a bounded registry.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::mem;
@@ -17,6 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::breaker::{Breaker, Config};
+use crate::error::KeyedRegistryFull;
 use crate::event::Emitter;
 use crate::future::{Permit, ResponseFuture};
 use crate::handle::{Handle, Shared};
@@ -24,22 +25,42 @@ use crate::State;
 
 const MAX_SHARDS: usize = 16;
 
+/// How long a shard found full of breakers that must not be dropped
+/// refuses new keys without scanning again.
+const FULL_BACKOFF: Duration = Duration::from_secs(1);
+
 struct Entry<C> {
     shared: Arc<Shared<C>>,
     last_used: Instant,
+    /// Used since the eviction hand last passed (CLOCK's reference bit).
+    referenced: bool,
+    /// Which of the key's places in `order` is current.
+    stamp: u64,
 }
 
+/// One shard: its breakers, and the order an eviction hand visits them in
+/// (CLOCK: a queue of keys with lazily dropped stale places).
 struct Shard<K, C> {
     map: HashMap<K, Entry<C>>,
+    order: VecDeque<(K, u64)>,
+    next_stamp: u64,
     last_sweep: Instant,
+    /// Until then this shard holds no breaker it may drop.
+    full_until: Option<Instant>,
 }
 
 /// The breakers of a keyed layer: sharded maps under short locks, and one
 /// count of the breakers they hold together. A new breaker first reserves
 /// its place in the count (never past the capacity), so the total can never
 /// exceed it; and no breaker is evicted while the registry has room, however
-/// the keys fall into shards (a fixed share of the capacity per shard would
-/// evict live breakers of colliding keys long before the registry is full).
+/// the keys fall into shards.
+///
+/// When full, a new key takes the place of a breaker found by a CLOCK hand
+/// (idle closed breakers at once, recently used ones after a second chance):
+/// O(1) amortised per new key. Breakers that are open, half-open, forced
+/// open or disabled are never dropped, neither by eviction nor by idleness;
+/// if no breaker may be dropped, the new key is refused with
+/// [`KeyedRegistryFull`].
 pub(crate) struct Registry<K, C> {
     shards: Box<[Mutex<Shard<K, C>>]>,
     len: AtomicUsize,
@@ -69,7 +90,10 @@ where
             .map(|_| {
                 Mutex::new(Shard {
                     map: HashMap::new(),
+                    order: VecDeque::new(),
+                    next_stamp: 0,
                     last_sweep: now,
+                    full_until: None,
                 })
             })
             .collect();
@@ -93,6 +117,19 @@ where
         now.saturating_duration_since(entry.last_used) >= self.idle
     }
 
+    /// Whether the registry may forget this breaker: only a closed one (a
+    /// fresh breaker for its key would be the same), or one left open so
+    /// long ago that its open period ended `key_idle_timeout` before now
+    /// and no call came since (its key is gone).
+    fn may_drop(&self, entry: &Entry<C>, now: Instant) -> bool {
+        let breaker = &entry.shared.breaker;
+        match breaker.state() {
+            State::Closed => true,
+            State::Open => self.is_idle(entry, now) && breaker.open_ended_before(now, self.idle),
+            _ => false,
+        }
+    }
+
     /// Takes one place in the registry, if it has room.
     fn reserve(&self) -> bool {
         self.len
@@ -102,22 +139,72 @@ where
             .is_ok()
     }
 
-    /// Drops the idle breakers of a shard, giving their places back.
+    /// Drops the idle breakers of a shard that may be dropped, giving their
+    /// places back. Run at most once per idle period per shard.
     fn sweep(&self, shard: &mut Shard<K, C>, now: Instant) {
         let before = shard.map.len();
-        shard.map.retain(|_, e| !self.is_idle(e, now));
+        shard
+            .map
+            .retain(|_, e| !(self.is_idle(e, now) && self.may_drop(e, now)));
         shard.last_sweep = now;
         self.len
             .fetch_sub(before - shard.map.len(), Ordering::AcqRel);
+        Self::compact(shard);
     }
 
-    /// The least recently used key of a shard.
-    fn lru(shard: &Shard<K, C>) -> Option<K> {
-        shard
-            .map
-            .iter()
-            .min_by_key(|(_, e)| e.last_used)
-            .map(|(k, _)| k.clone())
+    /// Drops stale places from the hand's queue once they outnumber the
+    /// live ones (amortised O(1): at most one pass per as many changes).
+    fn compact(shard: &mut Shard<K, C>) {
+        if shard.order.len() > 2 * shard.map.len() + 16 {
+            let map = &shard.map;
+            shard
+                .order
+                .retain(|(k, stamp)| map.get(k).is_some_and(|e| e.stamp == *stamp));
+        }
+    }
+
+    /// Moves the CLOCK hand until it drops one breaker of the shard: an
+    /// idle one that may be dropped at once, a droppable one not used since
+    /// the hand last passed, after giving it a second chance otherwise.
+    /// Visits each place at most twice; `false` if nothing may be dropped.
+    fn evict_one(&self, shard: &mut Shard<K, C>, now: Instant) -> bool {
+        if shard.full_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        let mut budget = 2 * shard.order.len();
+        while budget > 0 {
+            budget -= 1;
+            let Some((key, stamp)) = shard.order.pop_front() else {
+                break;
+            };
+            let Some(entry) = shard.map.get_mut(&key) else {
+                continue;
+            };
+            if entry.stamp != stamp {
+                continue;
+            }
+            let idle = now.saturating_duration_since(entry.last_used) >= self.idle;
+            let keep = if !self.may_drop(entry, now) {
+                true
+            } else if entry.referenced && !idle {
+                entry.referenced = false;
+                true
+            } else {
+                false
+            };
+            if keep {
+                shard.order.push_back((key, stamp));
+            } else {
+                shard.map.remove(&key);
+                shard.full_until = None;
+                return true;
+            }
+        }
+        if !shard.map.is_empty() {
+            // Every breaker here must stay: do not scan again for a while.
+            shard.full_until = Some(now + FULL_BACKOFF);
+        }
+        false
     }
 
     fn make(&self, key: &K) -> Arc<Shared<C>> {
@@ -131,82 +218,75 @@ where
         })
     }
 
-    /// The breaker for `key`, made on first use.
-    ///
-    /// When the registry is full, a new key takes the place of an idle
-    /// breaker, else of the least recently used breaker of its shard (or,
-    /// if its shard is empty, of another shard).
-    pub(crate) fn get(&self, key: K) -> Arc<Shared<C>> {
+    fn insert(&self, shard: &mut Shard<K, C>, key: K, now: Instant) -> Arc<Shared<C>> {
+        let shared = self.make(&key);
+        // A new (closed) breaker is one the hand may drop.
+        shard.full_until = None;
+        let stamp = shard.next_stamp;
+        shard.next_stamp += 1;
+        shard.order.push_back((key.clone(), stamp));
+        shard.map.insert(
+            key,
+            Entry {
+                shared: shared.clone(),
+                last_used: now,
+                referenced: false,
+                stamp,
+            },
+        );
+        shared
+    }
+
+    /// The breaker for `key`, made on first use; see [`Registry`] for what
+    /// happens when the registry is full.
+    pub(crate) fn get(&self, key: K) -> Result<Arc<Shared<C>>, KeyedRegistryFull> {
         let now = Instant::now();
         let index = self.shard_index(&key);
         loop {
             let mut shard = lock(&self.shards[index]);
             if let Some(entry) = shard.map.get_mut(&key) {
-                if !self.is_idle(entry, now) {
-                    entry.last_used = now;
-                    return entry.shared.clone();
+                if self.is_idle(entry, now) && self.may_drop(entry, now) {
+                    // An idle key that comes back to a breaker with nothing
+                    // to remember starts with a fresh one, in its place.
+                    entry.shared = self.make(&key);
                 }
-                // An idle key that comes back starts with a fresh breaker,
-                // in the place its old one held.
-                let shared = self.make(&key);
-                *entry = Entry {
-                    shared: shared.clone(),
-                    last_used: now,
-                };
-                return shared;
+                entry.last_used = now;
+                entry.referenced = true;
+                return Ok(entry.shared.clone());
             }
-            // Sweeping at most once per idle period keeps inserts O(1)
-            // amortised.
             if now.saturating_duration_since(shard.last_sweep) >= self.idle {
                 self.sweep(&mut shard, now);
             }
-            let reserved = self.reserve() || {
-                // Full: make room in this shard if it holds anything.
-                self.sweep(&mut shard, now);
-                if self.reserve() {
-                    true
-                } else if let Some(lru) = Self::lru(&shard) {
-                    // Replacing a breaker keeps the count as it is.
-                    shard.map.remove(&lru);
-                    true
-                } else {
-                    false
-                }
-            };
-            if reserved {
-                let shared = self.make(&key);
-                shard.map.insert(
-                    key,
-                    Entry {
-                        shared: shared.clone(),
-                        last_used: now,
-                    },
-                );
-                return shared;
+            if self.reserve() {
+                return Ok(self.insert(&mut shard, key, now));
             }
-            // Full, with this shard empty: free a place in another shard
-            // (never holding two shard locks), then try again.
+            // Full: take the place of a breaker of this shard (the count
+            // stays as it is) ...
+            if self.evict_one(&mut shard, now) {
+                Self::compact(&mut shard);
+                return Ok(self.insert(&mut shard, key, now));
+            }
+            // ... or free one in another shard (never holding two shard
+            // locks), then try again.
             drop(shard);
-            self.evict_elsewhere(index, now);
+            if !self.evict_elsewhere(index, now) {
+                return Err(KeyedRegistryFull::new(Some(self.cfg.open.base())));
+            }
         }
     }
 
-    fn evict_elsewhere(&self, skip: usize, now: Instant) {
+    fn evict_elsewhere(&self, skip: usize, now: Instant) -> bool {
         for (i, shard) in self.shards.iter().enumerate() {
             if i == skip {
                 continue;
             }
             let mut shard = lock(shard);
-            self.sweep(&mut shard, now);
-            if self.len.load(Ordering::Acquire) < self.capacity {
-                return;
-            }
-            if let Some(lru) = Self::lru(&shard) {
-                shard.map.remove(&lru);
+            if self.evict_one(&mut shard, now) {
                 self.len.fetch_sub(1, Ordering::AcqRel);
-                return;
+                return true;
             }
         }
+        false
     }
 }
 
@@ -250,7 +330,7 @@ where
         shard
             .map
             .get(key)
-            .filter(|e| !self.is_idle(e, now))
+            .filter(|e| !(self.is_idle(e, now) && self.may_drop(e, now)))
             .map(|e| Handle::new(e.shared.clone()))
     }
 
@@ -464,7 +544,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let shared = self.registry.get((self.key_fn)(&req));
+        let shared = match self.registry.get((self.key_fn)(&req)) {
+            Ok(shared) => shared,
+            Err(full) => return ResponseFuture::refused(full),
+        };
         match shared.breaker.admit() {
             Ok(word) => {
                 let clone = self.inner.clone();

@@ -395,15 +395,24 @@ impl<C, L> Builder<C, L> {
     }
 
     /// Keyed mode: the most breakers kept at once. No breaker is evicted
-    /// while there is room; when full, a new key takes the place of an idle
-    /// breaker first, else of the least recently used one of its shard (the
-    /// registry is split into up to 16 shards).
+    /// while there is room. When full, a new key takes the place of a
+    /// closed breaker: an idle one at once, else one not used since a CLOCK
+    /// hand last passed it (an approximation of least recently used, O(1)
+    /// amortised per new key). Breakers that are open, half-open, forced
+    /// open or disabled are never dropped, by eviction or by
+    /// [`key_idle_timeout`](Self::key_idle_timeout); if the registry holds
+    /// nothing else, the new key's request is refused with
+    /// [`KeyedRegistryFull`](crate::KeyedRegistryFull) (503) and the inner
+    /// service is not called. (A breaker left open with no call for its key
+    /// for `key_idle_timeout` after its open period ended may be dropped:
+    /// its key is gone.)
     pub fn key_capacity(mut self, capacity: usize) -> Self {
         self.key_capacity = capacity;
         self
     }
 
-    /// Keyed mode: forget a key's breaker after it saw no call for this long.
+    /// Keyed mode: forget a key's closed breaker after it saw no call for
+    /// this long (open, forced-open and disabled breakers are kept).
     pub fn key_idle_timeout(mut self, idle: Duration) -> Self {
         self.key_idle_timeout = idle;
         self

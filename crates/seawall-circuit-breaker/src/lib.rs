@@ -119,7 +119,7 @@ mod state;
 mod sync;
 mod window;
 
-pub use error::CircuitOpen;
+pub use error::{CircuitOpen, KeyedRegistryFull};
 pub use event::{CircuitBreakerEvent, EventKind};
 pub use future::ResponseFuture;
 pub use handle::{Handle, Metrics};

@@ -115,11 +115,22 @@ async fn a_registry_with_room_evicts_nothing() {
         for k in 0..capacity as u32 {
             assert_eq!(keys.get(&k).map(|h| h.state()), Some(State::Open), "{k}");
         }
-        // One more key makes room by evicting exactly one breaker.
-        let _ = svc.ready().await.unwrap().call((1_000, false)).await;
+        // One more key finds only open breakers, which are never dropped:
+        // it is refused, and every breaker stays.
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call((1_000, false))
+            .await
+            .unwrap_err();
+        assert!(err.is::<seawall_circuit_breaker::KeyedRegistryFull>());
         assert_eq!(keys.len(), capacity);
         assert_eq!(keys.breakers().len(), capacity);
-        assert!(keys.get(&1_000).is_some());
+        assert!(keys.get(&1_000).is_none());
+        for k in 0..capacity as u32 {
+            assert_eq!(keys.get(&k).map(|h| h.state()), Some(State::Open), "{k}");
+        }
     }
 }
 
@@ -141,11 +152,152 @@ async fn idle_breakers_are_evicted() {
     let live: Vec<_> = keys.states().into_iter().map(|s| s.0).collect();
     assert_eq!(live, vec!["b"]);
     assert_eq!(keys.len(), 1);
-    // An idle key that comes back starts with a fresh breaker.
-    keys.get(&"b").unwrap().force_open();
+    // An idle closed key that comes back starts with a fresh breaker.
     tokio::time::advance(SECS(61)).await;
     svc.ready().await.unwrap().call(("b", false)).await.unwrap();
     assert_eq!(keys.get(&"b").unwrap().state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_open_and_tripped_keys_survive_idleness() {
+    let layer = CircuitBreakerLayer::builder()
+        .count_window(2)
+        .minimum_calls(2)
+        .open_duration(SECS(300))
+        .key_idle_timeout(SECS(120))
+        .build_keyed(host)
+        .unwrap();
+    let keys = layer.handle();
+    let mut svc = layer.layer(backend());
+    svc.ready()
+        .await
+        .unwrap()
+        .call(("forced", false))
+        .await
+        .unwrap();
+    keys.get(&"forced").unwrap().force_open();
+    for _ in 0..2 {
+        let _ = svc.ready().await.unwrap().call(("tripped", true)).await;
+    }
+    assert_eq!(keys.get(&"tripped").unwrap().state(), State::Open);
+
+    // 121 s idle, with 179 s of open time left: both still refuse, and the
+    // periodic sweep and the handle keep them.
+    tokio::time::advance(SECS(121)).await;
+    svc.ready()
+        .await
+        .unwrap()
+        .call(("other", false))
+        .await
+        .unwrap();
+    let mut states = keys.states();
+    states.sort_by_key(|s| s.0);
+    assert_eq!(
+        states,
+        vec![
+            ("forced", State::ForcedOpen),
+            ("other", State::Closed),
+            ("tripped", State::Open)
+        ]
+    );
+    for key in ["forced", "tripped"] {
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call((key, false))
+            .await
+            .unwrap_err();
+        assert!(err.is::<CircuitOpen>(), "{key}");
+    }
+    let tripped = keys.get(&"tripped").unwrap().metrics();
+    assert_eq!(tripped.open_remaining, Some(SECS(179)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn eviction_takes_closed_breakers_and_never_an_open_one() {
+    let layer = CircuitBreakerLayer::builder()
+        .count_window(2)
+        .minimum_calls(2)
+        .open_duration(SECS(300))
+        .key_capacity(4)
+        .build_keyed(|req: &(u32, bool)| req.0)
+        .unwrap();
+    let keys = layer.handle();
+    let mut svc = layer.layer(service_fn(|(n, fail): (u32, bool)| async move {
+        if fail {
+            Err::<u32, BoxError>("boom".into())
+        } else {
+            Ok(n)
+        }
+    }));
+    for _ in 0..2 {
+        let _ = svc.ready().await.unwrap().call((0, true)).await;
+    }
+    svc.ready().await.unwrap().call((1, false)).await.unwrap();
+    keys.get(&1).unwrap().force_open();
+    // Hundreds of new keys through a registry of 4: the open and the
+    // forced-open breakers stay, the closed ones take turns.
+    for n in 2..500 {
+        svc.ready().await.unwrap().call((n, false)).await.unwrap();
+        assert!(keys.len() <= 4);
+        assert_eq!(keys.get(&0).unwrap().state(), State::Open, "after {n}");
+        assert_eq!(
+            keys.get(&1).unwrap().state(),
+            State::ForcedOpen,
+            "after {n}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registry_full_of_open_breakers_refuses_new_keys() {
+    let layer = CircuitBreakerLayer::builder()
+        .count_window(2)
+        .minimum_calls(2)
+        .open_duration(SECS(30))
+        .key_capacity(2)
+        .build_keyed(host)
+        .unwrap();
+    let keys = layer.handle();
+    let reached = Arc::new(Mutex::new(Vec::new()));
+    let log = reached.clone();
+    let mut svc = layer.layer(service_fn(move |(host, fail): (&'static str, bool)| {
+        log.lock().unwrap().push(host);
+        async move {
+            if fail {
+                Err::<&'static str, BoxError>("boom".into())
+            } else {
+                Ok(host)
+            }
+        }
+    }));
+    for key in ["a", "b"] {
+        for _ in 0..2 {
+            let _ = svc.ready().await.unwrap().call((key, true)).await;
+        }
+    }
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(("c", false))
+        .await
+        .unwrap_err();
+    let full = err
+        .downcast_ref::<seawall_circuit_breaker::KeyedRegistryFull>()
+        .expect("a typed refusal");
+    assert_eq!(seawall_core::Rejection::retry_after(full), Some(SECS(30)));
+    assert!(!reached.lock().unwrap().contains(&"c"));
+    assert_eq!(keys.len(), 2);
+    // Once a breaker closes again, new keys get its place.
+    keys.get(&"a").unwrap().reset();
+    tokio::time::advance(SECS(2)).await;
+    assert_eq!(
+        svc.ready().await.unwrap().call(("c", false)).await.unwrap(),
+        "c"
+    );
+    assert_eq!(keys.get(&"b").unwrap().state(), State::Open);
 }
 
 #[tokio::test(start_paused = true)]
