@@ -309,9 +309,52 @@ impl<P, C, L, R> JitterRetryBuilder<P, C, L, R> {
     /// HTTP mode: [`HttpReplay`] (idempotent methods or `Idempotency-Key`,
     /// bodies buffered up to 64 KiB, server hints) and [`HttpClassifier`]
     /// (5xx, 408, 429 and transport errors fail).
+    ///
+    /// The inner service receives `http::Request<ReplayBody<B>>` for a
+    /// request `http::Request<B>` (see [`ReplayBody`](crate::ReplayBody)): a
+    /// hyper-util `Client` built with `build_http()` infers that body type,
+    /// so it needs no annotation and no conversion. For a client already
+    /// built for the caller's body type (`Client<_, Full<Bytes>>`), add
+    /// `.replay(HttpReplay::new().original_body())`; for a tonic `Channel`,
+    /// use `.grpc()` (feature `tonic`). See [`HttpReplay`] for
+    /// the modes.
     pub fn http(self) -> JitterRetryBuilder<HttpReplay, HttpClassifier, L, R> {
         self.replay(HttpReplay::new())
             .classifier(HttpClassifier::new())
+    }
+
+    /// gRPC mode, in front of a tonic `Channel` (or any tonic
+    /// `GrpcService`): the inner service receives
+    /// `http::Request<tonic::body::Body>`, the type tonic clients send, so
+    /// the layer goes between a generated client and its channel with no
+    /// conversion. Failures are classified by
+    /// [`GrpcClassifier`](seawall_core::GrpcClassifier) (`UNAVAILABLE`,
+    /// `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`... in headers, trailers or
+    /// a trailers-only answer), `grpc-retry-pushback-ms` is honoured, and
+    /// request messages up to 64 KiB are buffered for replay.
+    ///
+    /// Every gRPC call is a `POST`, so this mode retries **every method**
+    /// (`HttpReplay::any_method(true)`): use it on channels whose methods
+    /// are safe to send twice. To retry only calls carrying an
+    /// `idempotency-key` metadata entry, use
+    /// `.grpc().replay(HttpReplay::new().tonic_body())`.
+    ///
+    /// ```
+    /// use seawall_retry::JitterRetryLayer;
+    ///
+    /// let layer = JitterRetryLayer::builder().grpc().max_attempts(3).build().unwrap();
+    /// # let _ = layer;
+    /// // let channel = tonic::transport::Channel::from_static("http://[::1]:50051").connect_lazy();
+    /// // let client = MyServiceClient::new(tower::ServiceBuilder::new().layer(layer).service(channel));
+    /// ```
+    #[cfg(feature = "tonic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    pub fn grpc(
+        self,
+    ) -> JitterRetryBuilder<HttpReplay<crate::AsTonicBody>, seawall_core::GrpcClassifier, L, R>
+    {
+        self.replay(HttpReplay::new().any_method(true).tonic_body())
+            .classifier(seawall_core::GrpcClassifier::new())
     }
 
     /// How requests are kept for replay.

@@ -37,6 +37,11 @@
 //!   idempotent methods or requests with an `Idempotency-Key` are retried;
 //!   bodies up to 64 KiB are buffered so a `PUT` or keyed `POST` can be sent
 //!   again byte for byte; larger or streaming bodies are sent once, intact.
+//!   The inner service receives `Request<ReplayBody<B>>`, which a hyper-util
+//!   client built with `build_http()` infers; [`HttpReplay::original_body`]
+//!   hands back the caller's own body type instead, and with the `tonic`
+//!   feature `.grpc()` hands a tonic `Channel` the `tonic::body::Body` it
+//!   takes (see [`HttpReplay`] for the modes).
 //!
 //! What counts as a failure is decided by one [`Classify`]: by default every
 //! error ([`ErrorsFail`]); in HTTP mode 5xx, 408, 429 and transport errors
@@ -130,9 +135,11 @@ pub use error::{AttemptTimeout, DeadlineExceeded};
 pub use event::{GiveUpReason, RetryCause, RetryEvent};
 pub use future::ResponseFuture;
 pub use layer::{JitterRetryBuilder, JitterRetryLayer};
+#[cfg(feature = "tonic")]
+pub use replay::AsTonicBody;
 pub use replay::{
-    Attempt, BufferBody, CloneRequest, HttpCopy, HttpReplay, ReadHint, Replay, ReplayBody, Staged,
-    DEFAULT_BODY_LIMIT, IDEMPOTENCY_KEY,
+    AsOriginalBody, AsReplayBody, Attempt, BufferBody, CloneRequest, HttpCopy, HttpReplay,
+    InnerBody, ReadHint, Replay, ReplayBody, Staged, DEFAULT_BODY_LIMIT, IDEMPOTENCY_KEY,
 };
 pub use service::JitterRetry;
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -166,11 +167,45 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// - Each retry carries its [`Attempt`] in the request's extensions.
 /// - The delay a response asks for (`Retry-After`, `grpc-retry-pushback-ms`)
 ///   is read as a hint.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpReplay {
+///
+/// # What the inner service receives
+///
+/// A request of body type `B` reaches the inner service as
+/// `http::Request<K::Body>`, where `K` is one of the [`InnerBody`] modes:
+///
+/// | mode | inner service receives | fits |
+/// |---|---|---|
+/// | [`AsReplayBody`] (default, [`HttpReplay::new`]) | `Request<ReplayBody<B>>` | a hyper-util `Client` whose body type is inferred (`build_http()`), any service generic over its body |
+/// | [`AsOriginalBody`] ([`original_body`](HttpReplay::original_body)) | `Request<B>`, the caller's own type | a client already built for `B`, e.g. `Client<_, Full<Bytes>>`; needs `B: From<Bytes>` |
+/// | `AsTonicBody` (`tonic_body()`, feature `tonic`) | `Request<tonic::body::Body>` | a tonic `Channel`, or any `GrpcService` |
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use seawall_retry::{HttpReplay, Replay, ReplayBody, Staged};
+///
+/// let req = || http::Request::get("/").body(Full::new(Bytes::from("hi"))).unwrap();
+/// // Default: the inner service gets a `ReplayBody<Full<Bytes>>`.
+/// let Staged::Pending(_) = HttpReplay::new().stage(req(), true) else { unreachable!() };
+/// // `original_body()`: it gets the caller's `Full<Bytes>` back, so a client
+/// // built for `Full<Bytes>` needs no change.
+/// let staged = HttpReplay::new().original_body().stage(req(), true);
+/// let Staged::Pending(_) = staged else { unreachable!() };
+/// ```
+#[derive(Debug)]
+pub struct HttpReplay<K = AsReplayBody> {
     body_limit: usize,
     any_method: bool,
+    _body: PhantomData<fn() -> K>,
 }
+
+impl<K> Clone for HttpReplay<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for HttpReplay<K> {}
 
 impl Default for HttpReplay {
     fn default() -> Self {
@@ -179,14 +214,18 @@ impl Default for HttpReplay {
 }
 
 impl HttpReplay {
-    /// Idempotent methods and `Idempotency-Key` requests, bodies up to 64 KiB.
+    /// Idempotent methods and `Idempotency-Key` requests, bodies up to 64 KiB,
+    /// handed to the inner service as [`ReplayBody`]s.
     pub const fn new() -> Self {
         Self {
             body_limit: DEFAULT_BODY_LIMIT,
             any_method: false,
+            _body: PhantomData,
         }
     }
+}
 
+impl<K> HttpReplay<K> {
     /// The largest body buffered for replay.
     #[must_use]
     pub const fn body_limit(mut self, bytes: usize) -> Self {
@@ -201,6 +240,34 @@ impl HttpReplay {
     pub const fn any_method(mut self, yes: bool) -> Self {
         self.any_method = yes;
         self
+    }
+
+    /// Hands the inner service the caller's own body type `B` (which must be
+    /// `From<Bytes>`): a client built for `Full<Bytes>` can be wrapped as it
+    /// is. See [`AsOriginalBody`] for what changes.
+    #[must_use]
+    pub const fn original_body(self) -> HttpReplay<AsOriginalBody> {
+        self.inner_body()
+    }
+
+    /// Hands the inner service `tonic::body::Body`, what a tonic `Channel`
+    /// takes.
+    #[cfg(feature = "tonic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    #[must_use]
+    pub const fn tonic_body(self) -> HttpReplay<AsTonicBody> {
+        self.inner_body()
+    }
+
+    /// Hands the inner service the body type of mode `K2`; see
+    /// [`InnerBody`].
+    #[must_use]
+    pub const fn inner_body<K2>(self) -> HttpReplay<K2> {
+        HttpReplay {
+            body_limit: self.body_limit,
+            any_method: self.any_method,
+            _body: PhantomData,
+        }
     }
 
     /// `true` if a request with this method and headers may be retried.
@@ -234,25 +301,160 @@ impl HttpCopy {
     }
 }
 
-impl<B> Replay<Request<B>> for HttpReplay
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// How [`HttpReplay`] hands a request body of type `B` to the inner service:
+/// [`AsReplayBody`], [`AsOriginalBody`] or, with the `tonic` feature,
+/// `AsTonicBody`. Sealed: the layer's buffering relies on what each mode can
+/// carry.
+pub trait InnerBody<B>: sealed::Sealed {
+    /// The body type the inner service receives.
+    type Body;
+
+    /// `true` if a body of this type can carry what buffering may leave
+    /// behind: the bytes already read followed by the rest of a stream,
+    /// and trailers. When `false`, only bodies of a known exact length
+    /// within the limit are buffered; others are sent once, untouched.
+    #[doc(hidden)]
+    const STREAMS: bool;
+
+    /// The caller's body, untouched (a request that is not retried).
+    #[doc(hidden)]
+    fn original(body: B) -> Self::Body;
+
+    /// A buffered body, for the first attempt or a replay. Trailers are
+    /// only given to modes that [`STREAMS`](Self::STREAMS).
+    #[doc(hidden)]
+    fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self::Body;
+
+    /// The bytes read, then the rest of the stream; `None` if this mode
+    /// cannot carry them.
+    #[doc(hidden)]
+    fn prefixed(prefix: Bytes, rest: B) -> Option<Self::Body>;
+}
+
+/// The default mode: the inner service receives `Request<ReplayBody<B>>`,
+/// which carries every case (a buffered copy, a stream sent once, a stream
+/// read in part). A hyper-util `Client` built with `build_http()` and no
+/// type annotation infers it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsReplayBody;
+
+impl sealed::Sealed for AsReplayBody {}
+
+impl<B> InnerBody<B> for AsReplayBody {
+    type Body = ReplayBody<B>;
+    const STREAMS: bool = true;
+
+    fn original(body: B) -> ReplayBody<B> {
+        ReplayBody::streaming(body)
+    }
+
+    fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> ReplayBody<B> {
+        ReplayBody::full(data, trailers)
+    }
+
+    fn prefixed(prefix: Bytes, rest: B) -> Option<ReplayBody<B>> {
+        Some(ReplayBody::prefixed(prefix, rest))
+    }
+}
+
+/// The inner service receives the caller's own `Request<B>`, so a client
+/// already built for `B` (e.g. hyper-util's `Client<_, Full<Bytes>>`) is
+/// wrapped with no change. Replays are rebuilt with `B::from(bytes)`.
+///
+/// Because `B` cannot carry "the bytes already read, then the rest of the
+/// stream", only bodies whose exact length is announced (`size_hint`) and
+/// within the limit are buffered for replay; a body of unknown length is
+/// sent once, untouched, and not retried. A buffered body that turns out to
+/// carry trailers, or more bytes than it announced, fails the request
+/// rather than being sent without them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsOriginalBody;
+
+impl sealed::Sealed for AsOriginalBody {}
+
+impl<B: From<Bytes>> InnerBody<B> for AsOriginalBody {
+    type Body = B;
+    const STREAMS: bool = false;
+
+    fn original(body: B) -> B {
+        body
+    }
+
+    fn buffered(data: Bytes, _trailers: Option<HeaderMap>) -> B {
+        B::from(data)
+    }
+
+    fn prefixed(_prefix: Bytes, _rest: B) -> Option<B> {
+        None
+    }
+}
+
+/// The inner service receives `Request<tonic::body::Body>`, what a tonic
+/// `Channel` (and every tonic `GrpcService`) takes; the requests tonic's
+/// clients send are `Request<tonic::body::Body>` too, so a retry layer sits
+/// between a tonic client and its channel with no conversion.
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsTonicBody;
+
+#[cfg(feature = "tonic")]
+impl sealed::Sealed for AsTonicBody {}
+
+#[cfg(feature = "tonic")]
+impl<B> InnerBody<B> for AsTonicBody
+where
+    B: Body + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Body = tonic::body::Body;
+    const STREAMS: bool = true;
+
+    fn original(body: B) -> tonic::body::Body {
+        tonic::body::Body::new(ReplayBody::streaming(body))
+    }
+
+    fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> tonic::body::Body {
+        tonic::body::Body::new(ReplayBody::<B>::full(data, trailers))
+    }
+
+    fn prefixed(prefix: Bytes, rest: B) -> Option<tonic::body::Body> {
+        Some(tonic::body::Body::new(ReplayBody::prefixed(prefix, rest)))
+    }
+}
+
+impl<B, K> Replay<Request<B>> for HttpReplay<K>
 where
     B: Body + Unpin,
     B::Error: Into<BoxError>,
+    K: InnerBody<B>,
 {
-    type Request = Request<ReplayBody<B>>;
+    type Request = Request<K::Body>;
     type Copy = HttpCopy;
-    type Pending = BufferBody<B>;
+    type Pending = BufferBody<B, K>;
 
     fn stage(
         &self,
         req: Request<B>,
         retryable: bool,
-    ) -> Staged<Self::Request, HttpCopy, BufferBody<B>> {
+    ) -> Staged<Self::Request, HttpCopy, BufferBody<B, K>> {
         let (parts, body) = req.into_parts();
         let retryable = retryable && self.may_retry(&parts.method, &parts.headers);
-        let too_large = body.size_hint().lower() > self.body_limit as u64;
+        let hint = body.size_hint();
+        let limit = self.body_limit as u64;
+        let too_large = if K::STREAMS {
+            hint.lower() > limit
+        } else {
+            // Only a body known to fit can be buffered without a way to
+            // send "what was read, then the rest".
+            hint.exact().is_none_or(|n| n > limit)
+        };
         if !retryable || too_large {
-            let request = Request::from_parts(parts, ReplayBody::streaming(body));
+            let request = Request::from_parts(parts, K::original(body));
             return Staged::Ready {
                 request,
                 copy: None,
@@ -264,7 +466,7 @@ where
                 body: Bytes::new(),
                 trailers: None,
             };
-            let request = Request::from_parts(parts, ReplayBody::full(Bytes::new(), None));
+            let request = Request::from_parts(parts, K::buffered(Bytes::new(), None));
             return Staged::Ready {
                 request,
                 copy: Some(copy),
@@ -275,20 +477,18 @@ where
             body: Some(body),
             data: BytesMut::new(),
             limit: self.body_limit,
+            _mode: PhantomData,
         })
     }
 
     fn replay(&self, copy: &HttpCopy, attempt: Attempt) -> Self::Request {
         let mut parts = copy.parts.clone();
         parts.extensions.insert(attempt);
-        Request::from_parts(
-            parts,
-            ReplayBody::full(copy.body.clone(), copy.trailers.clone()),
-        )
+        Request::from_parts(parts, K::buffered(copy.body.clone(), copy.trailers.clone()))
     }
 }
 
-impl<B> ReadHint<Response<B>> for HttpReplay {
+impl<B, K> ReadHint<Response<B>> for HttpReplay<K> {
     /// `Retry-After` if valid, else `grpc-retry-pushback-ms`. A pushback that
     /// is present but negative or unparseable means "do not retry" (gRFC A6):
     /// it reads as an endless delay, which ends retrying. So does a
@@ -328,14 +528,15 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Reads a request body up to the limit; see [`HttpReplay`].
-pub struct BufferBody<B> {
+pub struct BufferBody<B, K = AsReplayBody> {
     head: Option<http::request::Parts>,
     body: Option<B>,
     data: BytesMut,
     limit: usize,
+    _mode: PhantomData<fn() -> K>,
 }
 
-impl<B> fmt::Debug for BufferBody<B> {
+impl<B, K> fmt::Debug for BufferBody<B, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BufferBody")
             .field("buffered", &self.data.len())
@@ -344,14 +545,15 @@ impl<B> fmt::Debug for BufferBody<B> {
     }
 }
 
-type Prepared<B> = (Request<ReplayBody<B>>, Option<HttpCopy>);
+type Prepared<T> = (Request<T>, Option<HttpCopy>);
 
-impl<B> Future for BufferBody<B>
+impl<B, K> Future for BufferBody<B, K>
 where
     B: Body + Unpin,
     B::Error: Into<BoxError>,
+    K: InnerBody<B>,
 {
-    type Output = Result<Prepared<B>, BoxError>;
+    type Output = Result<Prepared<K::Body>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -375,7 +577,11 @@ where
                                     "request body polled after completion".into()
                                 ));
                             };
-                            let body = ReplayBody::prefixed(prefix, rest);
+                            let Some(body) = K::prefixed(prefix, rest) else {
+                                return Poll::Ready(Err(
+                                    "request body longer than its announced length".into(),
+                                ));
+                            };
                             return Poll::Ready(Ok((Request::from_parts(parts, body), None)));
                         }
                     }
@@ -391,6 +597,11 @@ where
             }
         }
         this.body = None;
+        if trailers.is_some() && !K::STREAMS {
+            return Poll::Ready(Err(
+                "request trailers cannot be sent in this body type".into()
+            ));
+        }
         let Some(parts) = this.head.take() else {
             return Poll::Ready(Err("request body polled after completion".into()));
         };
@@ -400,7 +611,7 @@ where
             body: data.clone(),
             trailers: trailers.clone(),
         };
-        let request = Request::from_parts(parts, ReplayBody::full(data, trailers));
+        let request = Request::from_parts(parts, K::buffered(data, trailers));
         Poll::Ready(Ok((request, Some(copy))))
     }
 }
@@ -634,6 +845,131 @@ mod tests {
         };
         assert!(copy.is_none());
         assert_eq!(request.into_body().collect().await.unwrap().to_bytes(), "x");
+    }
+
+    /// A body that announces a length (or none) and yields given frames.
+    #[derive(Debug)]
+    struct Announced {
+        frames: std::collections::VecDeque<Frame<Bytes>>,
+        length: Option<u64>,
+    }
+
+    impl Announced {
+        fn new(length: Option<u64>, frames: Vec<Frame<Bytes>>) -> Self {
+            Self {
+                frames: frames.into(),
+                length,
+            }
+        }
+    }
+
+    impl From<Bytes> for Announced {
+        fn from(data: Bytes) -> Self {
+            let length = Some(data.len() as u64);
+            Self::new(length, vec![Frame::data(data)])
+        }
+    }
+
+    impl Body for Announced {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.frames.pop_front().map(Ok))
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.length.map_or_else(SizeHint::new, SizeHint::with_exact)
+        }
+    }
+
+    #[tokio::test]
+    async fn original_body_mode_hands_back_the_callers_type() {
+        let replay = HttpReplay::new().original_body();
+        let mut req = post(Full::new(Bytes::from_static(b"hello")));
+        req.headers_mut()
+            .insert(IDEMPOTENCY_KEY, "k".parse().unwrap());
+        let Staged::Pending(fut) = replay.stage(req, true) else {
+            panic!("a body of known length within the limit is read first");
+        };
+        let (first, copy): (Request<Full<Bytes>>, _) = fut.await.unwrap();
+        assert_eq!(
+            first.into_body().collect().await.unwrap().to_bytes(),
+            "hello"
+        );
+        let again: Request<Full<Bytes>> = replay.replay(&copy.unwrap(), Attempt::new(2));
+        assert_eq!(Attempt::of(&again).get(), 2);
+        assert_eq!(
+            again.into_body().collect().await.unwrap().to_bytes(),
+            "hello"
+        );
+
+        // Too large, or of unknown length: sent once, untouched.
+        let big = Request::put("/")
+            .body(Full::new(Bytes::from(vec![1u8; 100])))
+            .unwrap();
+        let Staged::Ready { request, copy } = replay.body_limit(99).stage(big, true) else {
+            panic!("not read");
+        };
+        assert!(copy.is_none());
+        assert_eq!(
+            request
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .len(),
+            100
+        );
+        let unknown = Announced::new(None, vec![Frame::data(Bytes::from_static(b"abc"))]);
+        let req = Request::put("/").body(unknown).unwrap();
+        let Staged::Ready { request, copy } = replay.stage(req, true) else {
+            panic!("a body of unknown length cannot be buffered in this mode");
+        };
+        assert!(copy.is_none());
+        assert_eq!(
+            request.into_body().collect().await.unwrap().to_bytes(),
+            "abc"
+        );
+    }
+
+    #[tokio::test]
+    async fn original_body_mode_refuses_what_its_type_cannot_carry() {
+        let replay = HttpReplay::new().original_body().body_limit(5);
+        // Announces 3 bytes, sends 10: cannot be sent as "read + rest".
+        let liar = Announced::new(Some(3), vec![Frame::data(Bytes::from(vec![7u8; 10]))]);
+        let Staged::Pending(fut) = replay.stage(Request::put("/").body(liar).unwrap(), true) else {
+            panic!("announced within the limit: read first");
+        };
+        let err = fut.await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request body longer than its announced length"
+        );
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "1".parse().unwrap());
+        let with_trailers = Announced::new(
+            Some(2),
+            vec![
+                Frame::data(Bytes::from_static(b"ab")),
+                Frame::trailers(trailers),
+            ],
+        );
+        let Staged::Pending(fut) =
+            replay.stage(Request::put("/").body(with_trailers).unwrap(), true)
+        else {
+            panic!("read first");
+        };
+        let err = fut.await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request trailers cannot be sent in this body type"
+        );
     }
 
     #[tokio::test]
