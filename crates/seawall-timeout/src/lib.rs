@@ -1,0 +1,166 @@
+//! Timeouts as a contract: an [`AdaptiveTimeoutLayer`] that learns how long
+//! a dependency takes, and a [`HedgeLayer`] that cuts its tail by sending a
+//! second attempt of slow requests that are safe to send twice.
+//!
+//! # Adaptive timeouts
+//!
+//! A fixed timeout is either too long (a stuck dependency holds callers
+//! for seconds) or too short (a slow day turns into an outage of timeouts).
+//! The usual advice is "p99 latency under normal conditions times 2 to 3".
+//! [`AdaptiveTimeoutLayer`] follows it continuously:
+//!
+//! ```text
+//! timeout = clamp(percentile(p) x multiplier, floor, ceiling)
+//! ```
+//!
+//! over the latencies of the *successful* calls of a rolling window. The
+//! defaults are p99 x 3 within [10 ms, 30 s], over a 30 s window, with a
+//! fixed 1 s until the window holds 100 successful calls.
+//!
+//! - Only successes feed the estimate (decided by a
+//!   [`Classify`](seawall_core::Classify); every `Ok` by default, HTTP
+//!   successes with [`.http()`](AdaptiveTimeoutBuilder::http)): a fast `503`
+//!   or a slow connection reset says nothing of how long an answer takes.
+//! - A slow upward drift is followed (the calls still succeed and move the
+//!   percentile); a sudden jump is capped by the ceiling. Calls that time
+//!   out are not samples either: when the dependency suddenly becomes slower
+//!   than the timeout, the window empties of successes within its length and
+//!   the layer falls back to the initial timeout, from which it learns the
+//!   new latency.
+//! - The request's own deadline wins when it is shorter: with
+//!   [`.http()`](AdaptiveTimeoutBuilder::http), a `grpc-timeout` header or a
+//!   [`Deadline`] extension ([`CarriedDeadline`] for other request types).
+//! - A timeout fails the call with [`AdaptiveTimeoutElapsed`], whose source
+//!   is tower's `Elapsed`: `seawall::http::RejectionResponseLayer` answers it
+//!   with `504` (`DEADLINE_EXCEEDED` for gRPC). It is a failure of the
+//!   dependency, not a seawall rejection, so a circuit breaker above counts
+//!   it. With a listener, each timeout is a [`TimeoutEvent`] carrying the
+//!   threshold.
+//!
+//! ```
+//! use std::time::Duration;
+//! use seawall_timeout::AdaptiveTimeoutLayer;
+//! use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let layer = AdaptiveTimeoutLayer::builder()
+//!     .percentile(0.99)
+//!     .multiplier(3.0)
+//!     .floor(Duration::from_millis(20))
+//!     .ceiling(Duration::from_secs(5))
+//!     .initial_timeout(Duration::from_secs(1))
+//!     .build()
+//!     .expect("valid config");
+//!
+//! let dependency = service_fn(|ms: u64| async move {
+//!     tokio::time::sleep(Duration::from_millis(ms)).await;
+//!     Ok::<_, BoxError>(ms)
+//! });
+//! let svc = ServiceBuilder::new().layer(layer.clone()).service(dependency);
+//! for _ in 0..200 {
+//!     svc.clone().oneshot(10).await.unwrap();
+//! }
+//! tokio::time::advance(Duration::from_millis(100)).await;
+//! // p99 = 10 ms, x3 = 30 ms (within the bucket precision of 1.6%).
+//! let timeout = layer.timeout();
+//! assert!(timeout > Duration::from_millis(29) && timeout < Duration::from_millis(31));
+//! assert!(svc.oneshot(100).await.is_err());
+//! # }
+//! ```
+//!
+//! # Hedged requests
+//!
+//! "The Tail at Scale" (Dean & Barroso, 2013): send a second copy of a
+//! request that has not answered after the 95th-percentile latency, use the
+//! first answer and cancel the other. For a few percent more requests, the
+//! tail collapses: their hedge after 10 ms cut the p99.9 from 1,800 ms to
+//! 74 ms for 2% more requests. [`HedgeLayer`] does it with the guards that
+//! make it safe:
+//!
+//! - **Only requests safe to send twice.** [`HttpRequests`] hedges
+//!   idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) and
+//!   requests with an `Idempotency-Key`; a `POST` without one is sent
+//!   exactly once. gRPC methods are hedged only when opted in by path.
+//!   [`CloneRequests`] hedges generic `Clone` requests, all or those a
+//!   predicate accepts.
+//! - **A budget.** Every hedgeable request earns a share of a token (5% by
+//!   default) in a lock-free [`RetryBudget`](seawall_retry::RetryBudget),
+//!   every hedge spends one: hedges never add more than that share of load,
+//!   even when the whole dependency is slow. At most `max_hedges` (default
+//!   1) per request.
+//! - **The first success wins**; the other attempts are dropped, which
+//!   cancels them. A failure does not win while another attempt runs. A
+//!   request that fails before its hedge is due is not hedged (that is what
+//!   retries are for).
+//! - **The delay** is fixed, or (the default) the p95 of recent successful
+//!   latencies, from the same estimator as the adaptive timeout.
+//! - Bodies are buffered and replayed by the retry layer's
+//!   [`HttpReplay`](seawall_retry::HttpReplay), not a second implementation.
+//!
+//! ```
+//! use std::time::Duration;
+//! use seawall_timeout::HedgeLayer;
+//! use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let layer = HedgeLayer::builder()
+//!     .delay(Duration::from_millis(20))
+//!     .budget_ratio(1.0)
+//!     .build()
+//!     .unwrap();
+//! // The first attempt is stuck; the hedge answers at once.
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+//! let seen = calls.clone();
+//! let dependency = service_fn(move |_: ()| {
+//!     let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     async move {
+//!         if n == 0 { std::future::pending::<()>().await }
+//!         Ok::<_, BoxError>(n)
+//!     }
+//! });
+//! let svc = ServiceBuilder::new().layer(layer).service(dependency);
+//! let started = tokio::time::Instant::now();
+//! // The hedge (attempt 2, the call numbered 1) answers after 20 ms; the
+//! // stuck first attempt is dropped.
+//! assert_eq!(svc.oneshot(()).await.unwrap(), 1);
+//! assert_eq!(started.elapsed(), Duration::from_millis(20));
+//! assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+//! # }
+//! ```
+//!
+//! # Cost
+//!
+//! On the path where nothing goes wrong, neither layer locks, boxes or
+//! allocates. The adaptive timeout reads the clock twice (start and end of
+//! the call), reads one cached atomic and records a success with one
+//! relaxed `fetch_add`; the percentile is recomputed from the window at most
+//! once per `refresh` (100 ms). The hedge reads the clock, clones the inner
+//! service and the request (to be able to send it again) and pays one
+//! atomic add into the budget. Neither arms a timer for a call that answers
+//! on its first poll. See the README for the figures against tower's
+//! `Timeout` and `benches/benches/timeout.rs`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod deadline;
+mod error;
+mod estimator;
+mod event;
+mod hedge;
+mod timeout;
+mod timer;
+mod window;
+
+pub use deadline::{
+    grpc_timeout, CarriedDeadline, Deadline, HttpDeadline, NoDeadline, GRPC_TIMEOUT,
+};
+pub use error::AdaptiveTimeoutElapsed;
+pub use event::{HedgeEvent, TimeoutEvent};
+pub use hedge::future::ResponseFuture as HedgeResponseFuture;
+pub use hedge::layer::{HedgeBuilder, HedgeLayer, MAX_HEDGES};
+pub use hedge::policy::{CloneRequests, EveryRequest, HedgePolicy, HedgePredicate, HttpRequests};
+pub use hedge::service::Hedge;
+pub use timeout::future::ResponseFuture;
+pub use timeout::layer::{AdaptiveTimeoutBuilder, AdaptiveTimeoutLayer};
+pub use timeout::service::AdaptiveTimeout;

@@ -1,0 +1,102 @@
+//! The adaptive timeout's response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use seawall_core::{BoxError, Classify, Listener};
+use tokio::time::Instant;
+
+use crate::error::AdaptiveTimeoutElapsed;
+use crate::event::TimeoutEvent;
+use crate::timeout::layer::TimeoutShared;
+use crate::timer::LazySleep;
+
+pin_project! {
+    /// The response future of an [`AdaptiveTimeout`](crate::AdaptiveTimeout)
+    /// service. Dropping it drops the inner call.
+    pub struct ResponseFuture<F, C, D, L> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: LazySleep,
+        start: Instant,
+        timeout: Duration,
+        threshold: Duration,
+        carried: bool,
+        shared: Arc<TimeoutShared<C, D, L>>,
+    }
+}
+
+impl<F, C, D, L> ResponseFuture<F, C, D, L> {
+    pub(crate) fn new(
+        inner: F,
+        sleep: LazySleep,
+        start: Instant,
+        timeout: Duration,
+        threshold: Duration,
+        carried: bool,
+        shared: Arc<TimeoutShared<C, D, L>>,
+    ) -> Self {
+        Self {
+            inner,
+            sleep,
+            start,
+            timeout,
+            threshold,
+            carried,
+            shared,
+        }
+    }
+}
+
+impl<F, C, D, L> fmt::Debug for ResponseFuture<F, C, D, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("timeout", &self.timeout)
+            .field("carried", &self.carried)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E, C, D, L> Future for ResponseFuture<F, C, D, L>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+    L: Listener<TimeoutEvent>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            // Only successes feed the estimate: a failure's latency (a fast
+            // refusal, a slow reset) says nothing about how long a real
+            // answer takes.
+            if this.shared.classifier.classify(result.as_ref()).is_success() {
+                let now = Instant::now();
+                let latency = now.saturating_duration_since(*this.start);
+                this.shared.estimator.record(now, latency);
+            }
+            return Poll::Ready(result.map_err(Into::into));
+        }
+        ready!(this.sleep.poll_elapsed(cx));
+        if L::ENABLED {
+            this.shared.listener.on_event(&TimeoutEvent::TimedOut {
+                layer: this.shared.name.clone(),
+                timeout: *this.timeout,
+                threshold: *this.threshold,
+                carried: *this.carried,
+            });
+        }
+        Poll::Ready(Err(Box::new(AdaptiveTimeoutElapsed::new(
+            *this.timeout,
+            *this.carried,
+        ))))
+    }
+}
