@@ -101,11 +101,22 @@ where
             continue;
         };
         let answer = match stage {
-            Stage::LastKnownGood(slot) => guarded(|| {
+            Stage::LastKnownGood(slot) => {
                 let usable = |stored: &M::Stored| shared.mode.usable(stored, info);
-                slot.recall(info, &usable)
-                    .map(|(value, age)| (value, Degraded::aged(Tier::LastKnownGood, age)))
-            }),
+                match guarded(|| slot.recall(info, &usable)) {
+                    // Not in this process: ask the shared store, if any.
+                    Ok(None) => match guarded(|| slot.recall_shared(info)) {
+                        Ok(Some(read)) => Guarded::new(read)
+                            .await
+                            .map(|found| found.filter(|(value, _)| usable(value))),
+                        other => other.map(|_| None),
+                    },
+                    other => other,
+                }
+                .map(|found| {
+                    found.map(|(value, age)| (value, Degraded::aged(Tier::LastKnownGood, age)))
+                })
+            }
             Stage::Alternative(svc) => {
                 let call = Guarded::new(async {
                     let res = svc.clone().oneshot(info.clone()).await.ok()?;

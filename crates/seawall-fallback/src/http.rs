@@ -21,9 +21,17 @@ use sha2::{Digest, Sha256};
 use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
+#[cfg(feature = "redis")]
+use crate::last_known_good::Store;
 use crate::layer::{Builder, FallbackLayer, LAYER};
 use crate::mode::{Capture, Mode, Recorder, Respond};
 use crate::tier::Degraded;
+#[cfg(feature = "redis")]
+use crate::LastKnownGood;
+#[cfg(feature = "redis")]
+use std::hash::Hash;
+#[cfg(feature = "redis")]
+use std::sync::Arc;
 
 /// The header that names the serving tier by default: `seawall-degraded`.
 pub const DEGRADED_HEADER: HeaderName = HeaderName::from_static("seawall-degraded");
@@ -199,6 +207,50 @@ impl<C, L> Builder<Http, C, L> {
             })
             .map_err(Into::into);
         self.push_alternative(BoxCloneSyncService::new(svc))
+    }
+
+    /// Adds the last-known-good tier, sharing its answers with every replica
+    /// through Redis (see [`RedisLastKnownGood`](crate::RedisLastKnownGood)):
+    /// the same tier as [`last_known_good`](Builder::last_known_good), with
+    /// the same rules for what is stored and served, that also writes each
+    /// answer it records to Redis and, on a local miss, reads Redis.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use seawall_fallback::{FallbackLayer, LastKnownGood, RedisLastKnownGood, RequestInfo};
+    ///
+    /// # fn main() -> Result<(), seawall_core::ConfigError> {
+    /// let redis = RedisLastKnownGood::open("redis://127.0.0.1:6379")?
+    ///     .prefix("catalog:lkg:")
+    ///     .timeout(Duration::from_millis(50));
+    /// let layer = FallbackLayer::http()
+    ///     .last_known_good_shared(LastKnownGood::new(), redis, |info: &RequestInfo| {
+    ///         Some(info.uri().path().to_owned())
+    ///     })
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[must_use]
+    pub fn last_known_good_shared<K, F>(
+        self,
+        config: LastKnownGood,
+        redis: crate::RedisLastKnownGood,
+        key: F,
+    ) -> Self
+    where
+        F: Fn(&RequestInfo) -> Option<K> + Send + Sync + 'static,
+        K: Hash + Eq + Send + Sync + 'static,
+    {
+        let valid = redis.validate();
+        self.add_last_known_good(config, valid, move |config| {
+            let remote =
+                crate::redis::Remote::new(redis, config.staleness(), encode_stored, decode_stored);
+            Arc::new(Store::shared(config, key, remote))
+        })
     }
 
     /// Which answers of the alternative service count as failures (default
@@ -625,6 +677,91 @@ fn upstream_age(headers: &HeaderMap) -> u64 {
         .map_or(CAP, |age| age.min(CAP))
 }
 
+/// Encodes a stored answer for a shared store: a version byte, the status,
+/// the HTTP version, the variant digest, the fields, then the body, each
+/// length-prefixed.
+#[cfg(feature = "redis")]
+fn encode_stored(res: &StoredResponse) -> Option<Vec<u8>> {
+    fn put(out: &mut Vec<u8>, bytes: &[u8]) -> Option<()> {
+        out.extend_from_slice(&u32::try_from(bytes.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(bytes);
+        Some(())
+    }
+    let variant = res.extensions().get::<Variant>()?;
+    let mut out = Vec::with_capacity(res.body().len() + 64 * res.headers().len() + 48);
+    out.push(CODEC_VERSION);
+    out.extend_from_slice(&res.status().as_u16().to_le_bytes());
+    out.push(match res.version() {
+        Version::HTTP_09 => 0,
+        Version::HTTP_10 => 1,
+        Version::HTTP_2 => 3,
+        Version::HTTP_3 => 4,
+        _ => 2,
+    });
+    out.extend_from_slice(&variant.0);
+    out.extend_from_slice(&u32::try_from(res.headers().len()).ok()?.to_le_bytes());
+    for (name, value) in res.headers() {
+        put(&mut out, name.as_str().as_bytes())?;
+        put(&mut out, value.as_bytes())?;
+    }
+    put(&mut out, res.body())?;
+    Some(out)
+}
+
+#[cfg(feature = "redis")]
+const CODEC_VERSION: u8 = 1;
+
+/// Decodes what [`encode_stored`] wrote; `None` for anything else, never a
+/// panic: the bytes come from a server other processes write to.
+#[cfg(feature = "redis")]
+fn decode_stored(mut input: &[u8]) -> Option<StoredResponse> {
+    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = input.split_at_checked(n)?;
+        *input = rest;
+        Some(head)
+    }
+    fn take_u32(input: &mut &[u8]) -> Option<usize> {
+        let bytes = take(input, 4)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(bytes)).ok()
+    }
+    fn take_chunk<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = take_u32(input)?;
+        take(input, len)
+    }
+    if take(&mut input, 1)? != [CODEC_VERSION] {
+        return None;
+    }
+    let status =
+        StatusCode::from_u16(u16::from_le_bytes(take(&mut input, 2)?.try_into().ok()?)).ok()?;
+    let version = match take(&mut input, 1)?[0] {
+        0 => Version::HTTP_09,
+        1 => Version::HTTP_10,
+        2 => Version::HTTP_11,
+        3 => Version::HTTP_2,
+        4 => Version::HTTP_3,
+        _ => return None,
+    };
+    let variant = Variant(take(&mut input, 32)?.try_into().ok()?);
+    let fields = take_u32(&mut input)?;
+    // Each field takes at least 8 bytes: a count beyond that is a lie.
+    let mut headers = HeaderMap::with_capacity(fields.min(input.len() / 8));
+    for _ in 0..fields {
+        let name = HeaderName::from_bytes(take_chunk(&mut input)?).ok()?;
+        let value = HeaderValue::from_bytes(take_chunk(&mut input)?).ok()?;
+        headers.append(name, value);
+    }
+    let body = Bytes::copy_from_slice(take_chunk(&mut input)?);
+    if !input.is_empty() {
+        return None;
+    }
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    *res.version_mut() = version;
+    *res.headers_mut() = headers;
+    res.extensions_mut().insert(variant);
+    Some(res)
+}
+
 struct Recording {
     status: StatusCode,
     version: Version,
@@ -897,6 +1034,54 @@ mod tests {
             Variant::of(&names, &req(&[("accept", "a"), ("accept", "b")]))
         );
         assert_ne!(Variant::of(&names, &req(&[])), Variant::of(&[], &req(&[])));
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn stored_answers_survive_encoding_and_garbage_never_panics() {
+        let mut res = Response::new(Bytes::from_static(b"{\"stock\":7}"));
+        *res.status_mut() = StatusCode::NON_AUTHORITATIVE_INFORMATION;
+        *res.version_mut() = Version::HTTP_2;
+        res.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        res.headers_mut()
+            .append(VARY, HeaderValue::from_static("accept"));
+        res.headers_mut()
+            .append(VARY, HeaderValue::from_static("x-tenant"));
+        let variant = Variant([7; 32]);
+        res.extensions_mut().insert(variant);
+        let encoded = encode_stored(&res).expect("encodable");
+        let decoded = decode_stored(&encoded).expect("decodable");
+        assert_eq!(decoded.status(), res.status());
+        assert_eq!(decoded.version(), Version::HTTP_2);
+        assert_eq!(decoded.headers(), res.headers());
+        assert_eq!(decoded.body(), res.body());
+        assert_eq!(decoded.extensions().get::<Variant>(), Some(&variant));
+
+        // Every truncation, a trailing byte, and bytes from elsewhere: `None`.
+        for len in 0..encoded.len() {
+            assert!(decode_stored(&encoded[..len]).is_none(), "prefix of {len}");
+        }
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert!(decode_stored(&longer).is_none());
+        let mut lying = encoded.clone();
+        lying[36..40].copy_from_slice(&u32::MAX.to_le_bytes()); // field count
+        assert!(decode_stored(&lying).is_none());
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for len in 0..512 {
+            let garbage: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()[0]
+                })
+                .collect();
+            let _ = decode_stored(&garbage);
+        }
+        // An answer without its variant is never encoded.
+        assert!(encode_stored(&Response::new(Bytes::new())).is_none());
     }
 
     #[test]

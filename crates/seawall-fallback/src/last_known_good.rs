@@ -186,6 +186,11 @@ impl LastKnownGood {
         self
     }
 
+    #[cfg(feature = "redis")]
+    pub(crate) fn staleness(&self) -> Duration {
+        self.max_staleness
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.capacity == 0 {
             return Err(ConfigError::new(LAYER, "capacity", "must be at least 1"));
@@ -228,14 +233,28 @@ pub(crate) trait Slot<I, V>: Send + Sync {
     fn recorder(&self, info: &I) -> Option<Recorder<V>>;
     /// The entry for `info`'s key, if fresh enough and `usable`.
     fn recall(&self, info: &I, usable: &dyn Fn(&V) -> bool) -> Option<(V, Duration)>;
+    /// A read of `info`'s key from the shared store, if there is one; its
+    /// answer is not yet checked for `usable`.
+    fn recall_shared(&self, info: &I) -> Option<SharedRead<V>>;
     fn entry_count(&self) -> u64;
     fn weighted_size(&self) -> u64;
     fn run_pending_tasks(&self);
     fn clear(&self);
 }
 
+/// A pending read from a shared store.
+#[cfg(feature = "redis")]
+pub(crate) type SharedRead<V> = crate::redis::RemoteRead<V>;
+/// A pending read from a shared store (none without the `redis` feature).
+#[cfg(not(feature = "redis"))]
+pub(crate) type SharedRead<V> = std::future::Ready<Option<(V, Duration)>>;
+
 pub(crate) struct Store<K, V, F> {
     cache: Cache<K, Arc<Entry<V>>>,
+    /// `false` when answers live only in the shared store.
+    local: bool,
+    #[cfg(feature = "redis")]
+    remote: Option<Arc<crate::redis::Remote<V>>>,
     key: F,
     max_staleness: Duration,
     key_includes_principal: bool,
@@ -261,12 +280,31 @@ where
         }
         Self {
             cache: cache.build(),
+            local: true,
+            #[cfg(feature = "redis")]
+            remote: None,
             key,
             max_staleness: config.max_staleness,
             key_includes_principal: config.key_includes_principal,
             floor: config.max_bytes.div_ceil(config.capacity.max(1)),
             max_bytes: config.max_bytes,
         }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl<K, V, F> Store<K, V, F>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A store that also shares its answers through Redis; `config` must
+    /// have been validated.
+    pub(crate) fn shared(config: LastKnownGood, key: F, remote: crate::redis::Remote<V>) -> Self {
+        let mut store = Self::new(config, key);
+        store.local = remote.local();
+        store.remote = Some(Arc::new(remote));
+        store
     }
 }
 
@@ -310,13 +348,20 @@ where
 
     fn recorder(&self, info: &I) -> Option<Recorder<V>> {
         let key = (self.key)(info)?;
-        let cache = self.cache.clone();
+        let cache = self.local.then(|| self.cache.clone());
+        #[cfg(feature = "redis")]
+        let remote = self.remote.clone();
         let (floor, max_bytes) = (self.floor, self.max_bytes);
         let recorder = Recorder::new(move |value, value_bytes| {
             // The key's own `Hash` and `Eq` run here (charging it, then
             // inserting); a panic in them loses this copy, never the
             // response it was made from.
             let _ = catch_unwind(AssertUnwindSafe(|| {
+                #[cfg(feature = "redis")]
+                if let Some(remote) = &remote {
+                    remote.write(remote.key(&key), &value);
+                }
+                let Some(cache) = cache else { return };
                 let Some(weight) = weight::<K, V>(&key, value_bytes, floor, max_bytes) else {
                     return;
                 };
@@ -332,6 +377,9 @@ where
     }
 
     fn recall(&self, info: &I, usable: &dyn Fn(&V) -> bool) -> Option<(V, Duration)> {
+        if !self.local {
+            return None;
+        }
         let key = (self.key)(info)?;
         let entry = self.cache.get(&key)?;
         let age = entry.stored_at.elapsed();
@@ -340,6 +388,18 @@ where
         // Removing it here could remove a response a concurrent success
         // recorded since this read instead.
         (age <= self.max_staleness && usable(&entry.value)).then(|| (entry.value.clone(), age))
+    }
+
+    #[cfg(feature = "redis")]
+    fn recall_shared(&self, info: &I) -> Option<SharedRead<V>> {
+        let remote = self.remote.as_ref()?;
+        let key = (self.key)(info)?;
+        Some(remote.read(remote.key(&key)))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn recall_shared(&self, _info: &I) -> Option<SharedRead<V>> {
+        None
     }
 
     fn entry_count(&self) -> u64 {

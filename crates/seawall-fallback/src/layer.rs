@@ -232,11 +232,22 @@ impl<M: Mode, C, L> Builder<M, C, L> {
     /// [`FallbackEvent::TierPanicked`](crate::FallbackEvent::TierPanicked)
     /// is emitted.
     #[must_use]
-    pub fn last_known_good<K, F>(mut self, config: LastKnownGood, key: F) -> Self
+    pub fn last_known_good<K, F>(self, config: LastKnownGood, key: F) -> Self
     where
         F: Fn(&M::Info) -> Option<K> + Send + Sync + 'static,
         K: Hash + Eq + Send + Sync + 'static,
     {
+        self.add_last_known_good(config, Ok(()), |config| Arc::new(Store::new(config, key)))
+    }
+
+    /// Adds the last-known-good tier made by `slot` once `config` (and the
+    /// shared store's `extra` check) are valid.
+    pub(crate) fn add_last_known_good(
+        mut self,
+        config: LastKnownGood,
+        extra: Result<(), ConfigError>,
+        slot: impl FnOnce(LastKnownGood) -> Arc<dyn Slot<M::Info, M::Stored>>,
+    ) -> Self {
         if self.last_known_good.is_some() {
             self.fail(ConfigError::new(
                 LAYER,
@@ -245,12 +256,12 @@ impl<M: Mode, C, L> Builder<M, C, L> {
             ));
             return self;
         }
-        if let Err(err) = config.validate() {
+        if let Err(err) = config.validate().and(extra) {
             self.fail(err);
             return self;
         }
         self.mode.enable_last_known_good();
-        let slot: Arc<dyn Slot<M::Info, M::Stored>> = Arc::new(Store::new(config, key));
+        let slot = slot(config);
         self.last_known_good = Some(slot.clone());
         self.stages.push(Stage::LastKnownGood(slot));
         self

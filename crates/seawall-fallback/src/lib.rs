@@ -187,6 +187,14 @@
 //! Without `key_includes_principal`, neither answer would have been
 //! stored: both requests carried `Authorization`.
 //!
+//! # A fleet of replicas
+//!
+//! With the `redis` feature, `Builder::last_known_good_shared` shares the
+//! tier's answers through Redis (see `RedisLastKnownGood`), so that a
+//! replica started during an outage has answers to give. Redis is consulted
+//! only on a failure and written to off the request's path; when it is down
+//! or slow the tier is skipped.
+//!
 //! # Modes
 //!
 //! [`FallbackLayer::http`] handles `http` messages with streaming bodies
@@ -249,6 +257,8 @@ pub mod http;
 mod last_known_good;
 mod layer;
 mod mode;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod tier;
 
@@ -258,5 +268,8 @@ pub use http::{FallbackBody, Http, RequestInfo};
 pub use last_known_good::{LastKnownGood, LastKnownGoodCache};
 pub use layer::{Builder, FallbackLayer};
 pub use mode::{Capture, CaptureWith, Mode, NoCapture, Plain, Recorder, Respond};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::RedisLastKnownGood;
 pub use service::Fallback;
 pub use tier::{Cause, CauseKind, Degraded, Rejections, Tier};
