@@ -665,3 +665,36 @@ async fn a_clone_per_call_keeps_the_rate() {
     }
     assert!((2_862..=3_138).contains(&failed), "{failed}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn header_faults_are_reported_as_such() {
+    let seen: Arc<Mutex<Vec<(String, FaultKind)>>> = Arc::default();
+    let log = seen.clone();
+    let layer = ChaosLayer::builder()
+        .http()
+        .header_faults(HeaderFaults::new())
+        .listener(FnListener::new(move |e: &ChaosEvent| {
+            log.lock()
+                .unwrap()
+                .push((e.fault().to_owned(), e.fault_kind()));
+        }))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(http_leaf());
+    let req = Request::builder()
+        .header(DELAY_HEADER, "10")
+        .header(ABORT_HEADER, "429")
+        .body(String::new())
+        .unwrap();
+    let start = Instant::now();
+    let res = call(&mut svc, req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(start.elapsed(), ms(10));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            ("header".to_owned(), FaultKind::Latency),
+            ("header".to_owned(), FaultKind::Http),
+        ]
+    );
+}
