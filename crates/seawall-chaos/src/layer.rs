@@ -30,7 +30,24 @@ pub(crate) const LAYER: &str = "chaos";
 /// - `L` receives a [`ChaosEvent`](crate::ChaosEvent) per injected fault
 ///   ([`NoopListener`] by default).
 ///
-/// See the [crate documentation](crate) for an example.
+/// ```
+/// use std::time::Duration;
+/// use seawall_chaos::{ChaosLayer, Fault, InjectedFault};
+/// use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let chaos = ChaosLayer::builder().seed(1).fault(Fault::error()).build().unwrap();
+/// let svc = ServiceBuilder::new()
+///     .timeout(Duration::from_secs(1))
+///     .layer(chaos)
+///     .service(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+/// let err = svc.oneshot(1).await.unwrap_err();
+/// assert!(err.is::<InjectedFault>());
+/// # }
+/// ```
+///
+/// See the [crate documentation](crate) for more.
 pub struct ChaosLayer<P = Plain, L = NoopListener> {
     core: Arc<Core>,
     protocol: P,

@@ -1,5 +1,43 @@
 //! What a layer knows about its requests and responses: whether it can
 //! answer a call itself, and where a request's headers are.
+//!
+//! [`Plain`] serves any service, [`Http`] serves `http` services. For other
+//! types, a protocol of your own lets HTTP faults answer in your response
+//! type, e.g. in a simulation:
+//!
+//! ```
+//! use http::{HeaderMap, StatusCode};
+//! use seawall_chaos::protocol::{Answer, Protocol, ProtocolFor};
+//! use seawall_chaos::{ChaosLayer, Fault};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! #[derive(Debug, PartialEq)]
+//! enum Reply { Ok(u32), Status(u16) }
+//!
+//! #[derive(Debug, Clone, Copy)]
+//! struct Sim;
+//! impl Protocol for Sim {
+//!     fn answers(&self) -> bool { true }
+//!     fn reads_headers(&self) -> bool { false }
+//! }
+//! impl ProtocolFor<u32, Reply> for Sim {
+//!     fn answer(&self, answer: &Answer) -> Option<Reply> {
+//!         Some(Reply::Status(answer.status().as_u16()))
+//!     }
+//!     fn headers<'r>(&self, _req: &'r u32) -> Option<&'r HeaderMap> { None }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let layer = ChaosLayer::builder()
+//!     .protocol(Sim)
+//!     .fault(Fault::http(StatusCode::TOO_MANY_REQUESTS))
+//!     .build()
+//!     .unwrap();
+//! let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::convert::Infallible>(Reply::Ok(n)) }));
+//! assert_eq!(svc.oneshot(1).await.unwrap(), Reply::Status(429));
+//! # }
+//! ```
 
 use std::fmt;
 use std::time::Duration;
