@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use seawall::core::event::FnListener;
-use seawall::retry::{Attempt, Backoff, JitterRetryLayer, ReplayBody, RetryEvent};
+use seawall::retry::{Attempt, Backoff, JitterRetryLayer, RetryEvent};
 use seawall::BoxError;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -86,11 +86,14 @@ async fn main() -> Result<(), BoxError> {
             println!("  event:  {e:?}");
         }))
         .build()?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+    // No body type to name: below `.http()` requests carry a
+    // `ReplayBody<Full<Bytes>>`, and the client infers it. (A client already
+    // built for `Full<Bytes>` fits `.replay(HttpReplay::new().original_body())`.)
+    let client = Client::builder(TokioExecutor::new()).build_http();
     let mut svc = ServiceBuilder::new()
         .layer(retry)
         // Below the retry layer, each retry's number is in its extensions.
-        .map_request(|mut req: Request<ReplayBody<Full<Bytes>>>| {
+        .map_request(|mut req: Request<_>| {
             let n = Attempt::of(&req).get();
             req.headers_mut().insert("x-attempt", HeaderValue::from(n));
             req
