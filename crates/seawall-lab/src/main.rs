@@ -6,9 +6,11 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use seawall_lab::real::run_real;
 use seawall_lab::run::{run_scenario, ScenarioResult};
 use seawall_lab::scenario::Scenario;
 use seawall_lab::stacks::StackKind;
@@ -42,6 +44,13 @@ struct Args {
     /// Load every *.toml scenario of a directory instead of the defaults.
     #[arg(long = "scenarios", value_name = "DIR")]
     scenario_dir: Option<PathBuf>,
+    /// Run over real loopback HTTP (an axum upstream, a hyper-util client)
+    /// in wall time, each scenario compressed to --real-seconds.
+    #[arg(long)]
+    real: bool,
+    /// With --real: seconds of arrivals per scenario and stack.
+    #[arg(long, default_value_t = 6.0, value_name = "SECONDS")]
+    real_seconds: f64,
 }
 
 fn main() -> ExitCode {
@@ -98,11 +107,19 @@ fn run(args: &Args) -> Result<(), String> {
     } else {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
+    if !(args.real_seconds >= 1.0 && args.real_seconds <= 600.0) {
+        return Err("--real-seconds must be between 1 and 600".to_owned());
+    }
+    let real_seconds = Duration::from_secs_f64(args.real_seconds);
     let mut results: Vec<ScenarioResult> = Vec::new();
     for s in &scenarios {
         bar.set_message(s.name.clone());
-        let result = run_scenario(s, args.seed, &StackKind::ALL, |_| bar.inc(1))
-            .map_err(|e| format!("scenario {}: {e}", s.name))?;
+        let result = if args.real {
+            run_real(s, args.seed, &StackKind::ALL, real_seconds, |_| bar.inc(1))
+        } else {
+            run_scenario(s, args.seed, &StackKind::ALL, |_| bar.inc(1))
+        }
+        .map_err(|e| format!("scenario {}: {e}", s.name))?;
         results.push(result);
     }
     bar.finish_and_clear();
@@ -120,7 +137,10 @@ fn run(args: &Args) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut charts = Vec::new();
         for r in &results {
-            let file = format!("{}.svg", r.scenario);
+            let file = format!(
+                "{}.svg",
+                r.scenario.replace(' ', "-").replace(['(', ')'], "")
+            );
             let svg = chart::render(r).map_err(|e| format!("chart {}: {e}", r.scenario))?;
             let path = dir.join(&file);
             std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;

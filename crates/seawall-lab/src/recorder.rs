@@ -71,6 +71,11 @@ impl Recorder {
         self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// When the run started.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// Time since the run started.
     pub fn now(&self) -> Duration {
         Instant::now() - self.start

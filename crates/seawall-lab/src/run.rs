@@ -5,7 +5,7 @@ use std::sync::Arc;
 use seawall_core::BoxError;
 use serde::Serialize;
 use tokio::sync::Semaphore;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::sleep_until;
 use tower::ServiceExt;
 
 use crate::dist::{self, Arrival};
@@ -110,9 +110,7 @@ async fn drive(
     arrivals: &[Arrival],
     injector: &dyn Injector,
 ) -> Result<RunFigures, BoxError> {
-    let routes = scenario.upstream.len();
-    let recorder = Recorder::new(arrivals.len(), routes);
-    let start = Instant::now();
+    let recorder = Recorder::new(arrivals.len(), scenario.upstream.len());
     let upstreams = UpstreamSet::build(
         &scenario.upstream,
         seed,
@@ -120,14 +118,34 @@ async fn drive(
         injector,
         kind == StackKind::Seawall,
     )?;
+    let routes = (0..scenario.upstream.len())
+        .map(|r| upstreams.route(r))
+        .collect();
+    drive_with(scenario, seed, kind, arrivals, &recorder, routes).await
+}
+
+/// Sends `arrivals` through `kind` stacks around `upstreams` (one service
+/// per route) and analyses what `recorder` saw. The clock may be paused
+/// (simulation) or not (`--real`).
+pub(crate) async fn drive_with(
+    scenario: &Scenario,
+    seed: u64,
+    kind: StackKind,
+    arrivals: &[Arrival],
+    recorder: &Recorder,
+    upstreams: Vec<SimService>,
+) -> Result<RunFigures, BoxError> {
+    let routes = scenario.upstream.len();
+    let recorder = recorder.clone();
+    let start = recorder.started();
     // One stack instance per client and route; the pool is per client.
     let mut clients: Vec<Vec<SimService>> = Vec::with_capacity(scenario.arrivals.clients);
     for client in 0..scenario.arrivals.clients {
         let pool =
             (scenario.client.pool > 0).then(|| Arc::new(Semaphore::new(scenario.client.pool)));
         let mut per_route = Vec::with_capacity(routes);
-        for route in 0..routes {
-            let inner = upstream::pooled(pool.clone(), upstreams.route(route));
+        for (route, upstream) in upstreams.iter().enumerate() {
+            let inner = upstream::pooled(pool.clone(), upstream.clone());
             let index = client * routes + route;
             per_route.push(stacks::build(
                 kind,

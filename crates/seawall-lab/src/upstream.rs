@@ -109,42 +109,57 @@ impl Injector for ChaosInjector {
     ) -> Result<SimService, BoxError> {
         let mut builder = ChaosLayer::builder()
             .name(spec.name.clone())
-            .seed(seed ^ (100 + route as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .seed(chaos_seed(seed, route))
             .start_at(Instant::now());
-        for (j, f) in spec.fault.iter().enumerate() {
-            let window = Schedule::between(f.start.0, f.end.0);
-            if f.spike_rate > 0.0 && !f.spike.0.is_zero() {
-                builder = builder.fault(
-                    Fault::latency(ChaosLatency::fixed(f.spike.0))
-                        .rate(f.spike_rate)
-                        .schedule(window.clone())
-                        .named(format!("spike-{j}")),
-                );
-            }
-            if f.error_rate > 0.0 {
-                builder = builder.fault(
-                    Fault::error()
-                        .rate(f.error_rate)
-                        .schedule(window.clone())
-                        .named(format!("error-{j}")),
-                );
-            }
-            if f.hang_rate > 0.0 {
-                // Faults draw one after the other and the first terminal one
-                // wins: conditional on no error, so `hang_rate` of all calls
-                // hang.
-                let rate = (f.hang_rate / (1.0 - f.error_rate).max(f64::EPSILON)).min(1.0);
-                builder = builder.fault(
-                    Fault::hang()
-                        .rate(rate)
-                        .schedule(window)
-                        .named(format!("hang-{j}")),
-                );
-            }
+        for fault in chaos_faults(spec, Fault::error) {
+            builder = builder.fault(fault);
         }
         let layer = builder.build()?;
         Ok(BoxCloneService::new(layer.layer(server)))
     }
+}
+
+/// The seed of the chaos layer of upstream `route`.
+pub(crate) fn chaos_seed(seed: u64, route: usize) -> u64 {
+    seed ^ (100 + route as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The chaos faults of upstream `spec`'s windows: per window, a latency
+/// spike, an error (made by `error`) and a hang.
+pub(crate) fn chaos_faults(spec: &UpstreamSpec, error: impl Fn() -> Fault) -> Vec<Fault> {
+    let mut faults = Vec::new();
+    for (j, f) in spec.fault.iter().enumerate() {
+        let window = Schedule::between(f.start.0, f.end.0);
+        if f.spike_rate > 0.0 && !f.spike.0.is_zero() {
+            faults.push(
+                Fault::latency(ChaosLatency::fixed(f.spike.0))
+                    .rate(f.spike_rate)
+                    .schedule(window.clone())
+                    .named(format!("spike-{j}")),
+            );
+        }
+        if f.error_rate > 0.0 {
+            faults.push(
+                error()
+                    .rate(f.error_rate)
+                    .schedule(window.clone())
+                    .named(format!("error-{j}")),
+            );
+        }
+        if f.hang_rate > 0.0 {
+            // Faults draw one after the other and the first terminal one
+            // wins: conditional on no error, so that `hang_rate` of all
+            // calls hang.
+            let rate = (f.hang_rate / (1.0 - f.error_rate).max(f64::EPSILON)).min(1.0);
+            faults.push(
+                Fault::hang()
+                    .rate(rate)
+                    .schedule(window)
+                    .named(format!("hang-{j}")),
+            );
+        }
+    }
+    faults
 }
 
 /// Builds the upstreams of a scenario for one run. Must be called inside
@@ -184,7 +199,7 @@ impl UpstreamSet {
 
 /// The link: counts the attempt (in flight until answered or abandoned)
 /// and loses responses in the fault windows.
-fn link(
+pub(crate) fn link(
     spec: &UpstreamSpec,
     seed: u64,
     route: usize,
@@ -217,8 +232,9 @@ fn link(
     }))
 }
 
+/// The workers of a simulated server and the FIFO queue in front of them.
 #[derive(Debug)]
-struct Workers {
+pub(crate) struct Workers {
     slots: Semaphore,
     latency: Latency,
     rng: Mutex<SmallRng>,
@@ -226,8 +242,42 @@ struct Workers {
 }
 
 impl Workers {
+    /// The workers of upstream `spec`; schedules the capacity windows (so it
+    /// must be called inside the run's runtime, at its start).
+    pub(crate) fn start(
+        spec: &UpstreamSpec,
+        seed: u64,
+        route: usize,
+        recorder: &Recorder,
+    ) -> Arc<Self> {
+        let workers = Arc::new(Workers {
+            slots: Semaphore::new(spec.capacity),
+            latency: spec.latency,
+            rng: Mutex::new(dist::rng(seed, 300 + route as u64)),
+            recorder: recorder.clone(),
+        });
+        // A struggling dependency: while a window lowers the capacity, a
+        // task holds the missing workers.
+        let start = Instant::now();
+        for fault in &spec.fault {
+            if let Some(capacity) = fault.capacity {
+                let missing = (spec.capacity - capacity) as u32;
+                let workers = workers.clone();
+                let (from, to) = (start + fault.start.0, start + fault.end.0);
+                tokio::spawn(async move {
+                    sleep_until(from).await;
+                    if let Ok(held) = workers.slots.acquire_many(missing).await {
+                        sleep_until(to).await;
+                        drop(held);
+                    }
+                });
+            }
+        }
+        workers
+    }
+
     /// Waits for a worker, works, and records the side effect of a `POST`.
-    async fn work(&self, call: Call) -> Result<(), BoxError> {
+    pub(crate) async fn work(&self, call: Call) -> Result<(), BoxError> {
         let _slot = self.slots.acquire().await?;
         let service_time = {
             let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
@@ -239,6 +289,17 @@ impl Workers {
         }
         Ok(())
     }
+
+    /// Works detached from the caller: the server finishes the work even if
+    /// the caller has gone, as a real server does.
+    pub(crate) fn work_detached(
+        self: &Arc<Self>,
+        call: Call,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
+        let workers = self.clone();
+        let task = tokio::spawn(async move { workers.work(call).await });
+        async move { task.await? }
+    }
 }
 
 fn server(
@@ -248,38 +309,13 @@ fn server(
     recorder: &Recorder,
     idempotent: bool,
 ) -> SimService {
-    let workers = Arc::new(Workers {
-        slots: Semaphore::new(spec.capacity),
-        latency: spec.latency,
-        rng: Mutex::new(dist::rng(seed, 300 + route as u64)),
-        recorder: recorder.clone(),
-    });
-    // A struggling dependency: while a window lowers the capacity, a task
-    // holds the missing workers.
-    let start = Instant::now();
-    for fault in &spec.fault {
-        if let Some(capacity) = fault.capacity {
-            let missing = (spec.capacity - capacity) as u32;
-            let workers = workers.clone();
-            let (from, to) = (start + fault.start.0, start + fault.end.0);
-            tokio::spawn(async move {
-                sleep_until(from).await;
-                if let Ok(held) = workers.slots.acquire_many(missing).await {
-                    sleep_until(to).await;
-                    drop(held);
-                }
-            });
-        }
-    }
+    let workers = Workers::start(spec, seed, route, recorder);
     let detached = {
         let workers = workers.clone();
         move |call: Call| -> BoxFuture<Result<Reply, BoxError>> {
-            // Detached: the server finishes the work even if the caller
-            // has gone.
-            let workers = workers.clone();
-            let task = tokio::spawn(async move { workers.work(call).await });
+            let work = workers.work_detached(call);
             Box::pin(async move {
-                task.await??;
+                work.await?;
                 Ok(Reply { degraded: false })
             })
         }
