@@ -1,6 +1,7 @@
 //! Cost of the idempotency layer: the memory store's claim + complete (the
 //! work of a first request) and claim of a completed key (a replay), and the
-//! layer end to end for a replay and for a request it passes through.
+//! layer end to end for a replay (anonymous, and scoped by an
+//! `Authorization` digest) and for a request it passes through.
 //!
 //! Run with: `cargo bench -p seawall-benches --bench idempotency`
 
@@ -96,12 +97,30 @@ fn layer(c: &mut Criterion) {
             .body(Full::new(Bytes::from_static(b"{\"amount\":100}")))
             .expect("valid request")
     };
+    // The same request from a caller with credentials: its record is
+    // scoped by a digest of them.
+    let authorized = || {
+        let mut req = request("POST");
+        req.headers_mut().insert(
+            "authorization",
+            http::HeaderValue::from_static("Bearer 0123456789abcdef0123456789abcdef"),
+        );
+        req
+    };
     rt.block_on(svc.clone().oneshot(request("POST")))
         .expect("first request");
+    rt.block_on(svc.clone().oneshot(authorized()))
+        .expect("first authorized request");
     let mut group = c.benchmark_group("idempotency_layer");
     group.bench_function("replay", |b| {
         b.iter(|| {
             rt.block_on(svc.clone().oneshot(request("POST")))
+                .expect("replay")
+        });
+    });
+    group.bench_function("replay_with_credentials", |b| {
+        b.iter(|| {
+            rt.block_on(svc.clone().oneshot(authorized()))
                 .expect("replay")
         });
     });

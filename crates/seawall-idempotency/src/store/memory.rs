@@ -180,11 +180,16 @@ impl MemoryStore {
     }
 
     /// The number of records held, including expired ones not yet dropped.
+    ///
+    /// A sum over the shards, read one after another: exact when no request
+    /// is in progress, approximate under load. The bounds themselves are
+    /// enforced per shard, under its lock.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).map.len()).sum()
     }
 
-    /// The bytes charged for the records held (see the type's docs).
+    /// The bytes charged for the records held (see the type's docs); read
+    /// like [`len`](Self::len).
     pub fn bytes(&self) -> usize {
         self.shards.iter().map(|s| lock(s).bytes).sum()
     }
