@@ -66,10 +66,7 @@ impl EstimatorConfig {
             return err("min_samples", "must be at least 1".to_owned());
         }
         if !(2..=64).contains(&self.slices) {
-            return err(
-                "slices",
-                format!("must be in [2, 64], got {}", self.slices),
-            );
+            return err("slices", format!("must be in [2, 64], got {}", self.slices));
         }
         if self.window / self.slices < Duration::from_millis(1) {
             return err(
@@ -221,7 +218,8 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_config_errors() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut EstimatorConfig)>)> = vec![
+        type Mutate = Box<dyn Fn(&mut EstimatorConfig)>;
+        let cases: Vec<(&str, Mutate)> = vec![
             ("percentile", Box::new(|c| c.quantile = 1.0)),
             ("percentile", Box::new(|c| c.quantile = 0.0)),
             ("percentile", Box::new(|c| c.quantile = f64::NAN)),

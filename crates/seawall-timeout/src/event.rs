@@ -122,7 +122,10 @@ mod tests {
             threshold: Duration::from_millis(40),
             carried: true,
         };
-        assert_eq!((e.kind(), e.layer(), e.pattern()), ("timed_out", "db", "timeout"));
+        assert_eq!(
+            (e.kind(), e.layer(), e.pattern()),
+            ("timed_out", "db", "timeout")
+        );
         assert_eq!(e.facts().latency, Some(Duration::from_millis(30)));
         assert_eq!(e.facts().outcome, Some("failure"));
         let h = HedgeEvent::HedgeSent {

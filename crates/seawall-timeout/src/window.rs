@@ -32,7 +32,7 @@ pub(crate) fn bucket_of(micros: u64) -> usize {
     if v < SUB {
         return v as usize;
     }
-    let exp = 63 - v.leading_zeros();
+    let exp = v.ilog2();
     let sub = (v >> (exp - SUB_BITS)) & (SUB - 1);
     (u64::from(exp - SUB_BITS + 1) * SUB + sub) as usize
 }
@@ -102,7 +102,7 @@ impl LatencyWindow {
         let tag = slice + 1;
         let slot = &self.slots[(slice % self.slots.len() as u64) as usize];
         let seen = slot.tag.load(Ordering::Acquire);
-        if seen != tag && !self.claim(slot, seen, tag) {
+        if seen != tag && !Self::claim(slot, seen, tag) {
             return;
         }
         slot.counts[bucket_of(latency)].fetch_add(1, Ordering::Relaxed);
@@ -114,7 +114,7 @@ impl LatencyWindow {
     /// than the slot's slice. Dropping one sample is harmless to a
     /// percentile; waiting for the other thread would not be lock-free.
     #[cold]
-    fn claim(&self, slot: &Slot, seen: u64, tag: u64) -> bool {
+    fn claim(slot: &Slot, seen: u64, tag: u64) -> bool {
         if seen & RESETTING != 0 || seen > tag {
             return false;
         }

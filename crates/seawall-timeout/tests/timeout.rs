@@ -84,7 +84,9 @@ fn layer() -> AdaptiveTimeoutLayer {
 #[tokio::test(start_paused = true)]
 async fn converges_to_p99_times_k_on_a_stationary_distribution() {
     let layer = layer();
-    let svc = ServiceBuilder::new().layer(layer.clone()).service(dependency());
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(dependency());
     let mut draws = Draws(7);
     // Mostly 10-20 ms, with a 3% tail at 20-60 ms.
     let drawn = load(&svc, 8_000, || {
@@ -109,7 +111,9 @@ async fn converges_to_p99_times_k_on_a_stationary_distribution() {
 #[tokio::test(start_paused = true)]
 async fn follows_a_step_change_within_the_window() {
     let layer = layer();
-    let svc = ServiceBuilder::new().layer(layer.clone()).service(dependency());
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(dependency());
     let mut draws = Draws(11);
     let before = load(&svc, 5_000, || draws.uniform(10, 20)).await;
     advance(Duration::from_millis(100)).await;
@@ -140,7 +144,9 @@ async fn a_jump_past_the_timeout_is_relearned_from_the_initial_timeout_up_to_the
         .initial_timeout(Duration::from_millis(500))
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(layer.clone()).service(dependency());
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(dependency());
     load(&svc, 1_000, || Duration::from_millis(10)).await;
     advance(Duration::from_millis(100)).await;
     assert!(within(layer.timeout(), 30 * MS, 0.02));
@@ -166,7 +172,9 @@ async fn the_fixed_timeout_applies_before_the_minimum_samples() {
         .min_samples(50)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(layer.clone()).service(dependency());
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(dependency());
     // 49 fast successes: not enough to trust a percentile.
     load(&svc, 49, || Duration::from_millis(5)).await;
     advance(Duration::from_secs(1)).await;
@@ -176,11 +184,18 @@ async fn the_fixed_timeout_applies_before_the_minimum_samples() {
     assert_eq!(started.elapsed(), 200 * MS);
     let elapsed = err.downcast_ref::<AdaptiveTimeoutElapsed>().unwrap();
     assert_eq!(elapsed.timeout(), 200 * MS);
-    assert!(svc.clone().oneshot(150 * MS).await.is_ok(), "150 ms < 200 ms");
+    assert!(
+        svc.clone().oneshot(150 * MS).await.is_ok(),
+        "150 ms < 200 ms"
+    );
     // The 150 ms call was the 50th success: now p99 x 3 of those applies
     // (rank 50 of 50 is the 150 ms call), within the 1.6% bucket width.
     advance(Duration::from_secs(1)).await;
-    assert!(within(layer.timeout(), 450 * MS, 0.02), "{:?}", layer.timeout());
+    assert!(
+        within(layer.timeout(), 450 * MS, 0.02),
+        "{:?}",
+        layer.timeout()
+    );
     assert_eq!(layer.samples(), 50);
 }
 
@@ -199,7 +214,9 @@ async fn failures_and_timeouts_do_not_feed_the_estimate() {
     for _ in 0..100 {
         let _ = svc.clone().oneshot(MS).await;
     }
-    let stuck = ServiceBuilder::new().layer(layer.clone()).service(dependency());
+    let stuck = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(dependency());
     for _ in 0..20 {
         let _ = stuck.clone().oneshot(Duration::from_secs(5)).await;
     }
@@ -308,7 +325,7 @@ async fn dropping_the_response_future_drops_the_call() {
     let seen = dropped.clone();
     let svc = ServiceBuilder::new()
         .layer(layer())
-        .service(service_fn(move |_: ()| {
+        .service(service_fn(move |(): ()| {
             let guard = Guard(seen.clone());
             async move {
                 sleep(Duration::from_secs(10)).await;
@@ -324,13 +341,19 @@ async fn dropping_the_response_future_drops_the_call() {
 #[test]
 fn invalid_settings_are_config_errors() {
     let b = AdaptiveTimeoutLayer::builder;
-    assert_eq!(b().percentile(1.5).build().unwrap_err().field(), "percentile");
+    assert_eq!(
+        b().percentile(1.5).build().unwrap_err().field(),
+        "percentile"
+    );
     assert_eq!(
         b().multiplier(f64::NAN).build().unwrap_err().field(),
         "multiplier"
     );
     assert_eq!(
-        b().floor(Duration::from_secs(60)).build().unwrap_err().field(),
+        b().floor(Duration::from_secs(60))
+            .build()
+            .unwrap_err()
+            .field(),
         "floor"
     );
     assert_eq!(
@@ -344,5 +367,8 @@ fn invalid_settings_are_config_errors() {
             .field(),
         "initial"
     );
-    assert_eq!(b().min_samples(0).build().unwrap_err().field(), "min_samples");
+    assert_eq!(
+        b().min_samples(0).build().unwrap_err().field(),
+        "min_samples"
+    );
 }

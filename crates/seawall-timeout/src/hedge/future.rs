@@ -161,6 +161,10 @@ where
     }
 }
 
+/// A [`State`] holding the layer's shared state.
+type SharedState<F, Pd, S, R, Cp, P, C, L, O> =
+    State<F, Pd, S, R, Cp, Arc<HedgeShared<P, C, L>>, O>;
+
 fn racing<F, Pd, S, R, Cp, P, C, L, O>(
     primary: F,
     start: Instant,
@@ -168,7 +172,7 @@ fn racing<F, Pd, S, R, Cp, P, C, L, O>(
     replay: R,
     copy: Cp,
     shared: Arc<HedgeShared<P, C, L>>,
-) -> State<F, Pd, S, R, Cp, Arc<HedgeShared<P, C, L>>, O> {
+) -> SharedState<F, Pd, S, R, Cp, P, C, L, O> {
     let delay = shared.delay(start);
     State::Racing {
         primary: Primary::Running { fut: primary },
@@ -292,8 +296,8 @@ where
             while i < self.hedges.len() {
                 if let Poll::Ready(out) = self.hedges[i].0.as_mut().poll(cx) {
                     let (_, start) = self.hedges.swap_remove(i);
-                    let primary_start = matches!(*primary, Primary::Running { .. })
-                        .then_some(self.primary_start);
+                    let primary_start =
+                        matches!(*primary, Primary::Running { .. }).then_some(self.primary_start);
                     if let Some(done) = self.settle(out, start, primary_start) {
                         return Poll::Ready(done);
                     }

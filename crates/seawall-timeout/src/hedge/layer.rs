@@ -344,21 +344,20 @@ impl<P, C, L> HedgeBuilder<P, C, L> {
                 format!("must be in [1, {MAX_HEDGES}], got {}", self.max_hedges),
             ));
         }
-        let budget = match self.budget {
-            Some(b) => b,
-            None => {
-                if !(0.0..=1.0).contains(&self.budget_ratio) {
-                    return Err(ConfigError::new(
-                        LAYER,
-                        "budget_ratio",
-                        format!("must be in [0, 1], got {}", self.budget_ratio),
-                    ));
-                }
-                RetryBudget::builder()
-                    .ratio(self.budget_ratio)
-                    .min_per_sec(0)
-                    .build()?
+        let budget = if let Some(b) = self.budget {
+            b
+        } else {
+            if !(0.0..=1.0).contains(&self.budget_ratio) {
+                return Err(ConfigError::new(
+                    LAYER,
+                    "budget_ratio",
+                    format!("must be in [0, 1], got {}", self.budget_ratio),
+                ));
             }
+            RetryBudget::builder()
+                .ratio(self.budget_ratio)
+                .min_per_sec(0)
+                .build()?
         };
         Ok(HedgeLayer {
             shared: Arc::new(HedgeShared {

@@ -78,7 +78,12 @@ where
             // Only successes feed the estimate: a failure's latency (a fast
             // refusal, a slow reset) says nothing about how long a real
             // answer takes.
-            if this.shared.classifier.classify(result.as_ref()).is_success() {
+            if this
+                .shared
+                .classifier
+                .classify(result.as_ref())
+                .is_success()
+            {
                 let now = Instant::now();
                 let latency = now.saturating_duration_since(*this.start);
                 this.shared.estimator.record(now, latency);

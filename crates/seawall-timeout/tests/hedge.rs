@@ -1,0 +1,512 @@
+//! The hedge layer in paused virtual time: the tail it cuts within its
+//! budget, the requests it must never send twice, cancellation, and how
+//! attempts are judged.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use seawall_core::event::FnListener;
+use seawall_core::BoxError;
+use seawall_retry::{Attempt, ReplayBody, RetryBudget};
+use seawall_timeout::{CloneRequests, HedgeEvent, HedgeLayer, HttpRequests};
+use tokio::time::{sleep, Instant};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// xorshift64*: deterministic draws without an RNG crate.
+struct Draws(u64);
+
+impl Draws {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A dependency whose every attempt draws its own latency: 98% uniform in
+/// 5-10 ms, 2% fifty times slower (250-500 ms). Counts the calls it gets.
+fn mixture(
+    seed: u64,
+    calls: Arc<AtomicU32>,
+) -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone + Send {
+    let draws = Arc::new(Mutex::new(Draws(seed)));
+    service_fn(move |req: u32| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        let latency = {
+            let mut d = draws.lock().unwrap();
+            let fast = Duration::from_micros(5_000 + (d.next_f64() * 5_000.0) as u64);
+            if d.next_f64() < 0.98 {
+                fast
+            } else {
+                fast * 50
+            }
+        };
+        async move {
+            sleep(latency).await;
+            Ok::<_, BoxError>(req)
+        }
+    })
+}
+
+/// One request per millisecond; the client-side latency of each.
+async fn run<S>(svc: S, n: u32) -> Vec<Duration>
+where
+    S: Service<u32, Response = u32, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            assert_eq!(svc.oneshot(i).await.unwrap(), i);
+            started.elapsed()
+        }));
+        sleep(MS).await;
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn quantile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_at_p95_cuts_p999_tenfold_within_the_budget() {
+    const N: u32 = 20_000;
+    // Warm-up: the first second (estimator filling, budget earning its first
+    // tokens) is left out of the percentiles of both runs alike.
+    const WARM_UP: usize = 1_000;
+
+    let plain_calls = Arc::new(AtomicU32::new(0));
+    let plain = run(mixture(42, plain_calls.clone()), N).await;
+    let plain_p999 = quantile(&plain[WARM_UP..], 0.999);
+
+    let calls = Arc::new(AtomicU32::new(0));
+    // The defaults: p95, a 5% budget, one hedge per request.
+    let layer = HedgeLayer::builder().percentile(0.95).build().unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(mixture(42, calls.clone()));
+    let hedged = run(svc, N).await;
+    let hedged_p999 = quantile(&hedged[WARM_UP..], 0.999);
+
+    let extra = calls.load(Ordering::Relaxed) - N;
+    let ratio = plain_p999.as_secs_f64() / hedged_p999.as_secs_f64();
+    println!(
+        "p99.9 {plain_p999:?} -> {hedged_p999:?} ({ratio:.1}x), p50 {:?} -> {:?}, \
+         extra {extra} of {N} ({:.2}%), delay {:?}",
+        quantile(&plain, 0.5),
+        quantile(&hedged, 0.5),
+        f64::from(extra) * 100.0 / f64::from(N),
+        layer.delay(),
+    );
+    assert!(plain_p999 >= Duration::from_millis(250), "{plain_p999:?}");
+    assert!(ratio >= 10.0, "{plain_p999:?} -> {hedged_p999:?}");
+    assert!(extra > 0);
+    assert!(
+        f64::from(extra) <= f64::from(N) * 0.05,
+        "{extra} hedges for {N} requests"
+    );
+    // The delay learned is the fast part's p95, censored losers included.
+    let delay = layer.delay();
+    assert!(delay > 8 * MS && delay < 11 * MS, "{delay:?}");
+    assert_eq!(plain_calls.load(Ordering::Relaxed), N);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_caps_hedges_when_everything_is_slow() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let slow = service_fn(move |_: u32| {
+        seen.fetch_add(1, Ordering::Relaxed);
+        async {
+            sleep(100 * MS).await;
+            Ok::<_, BoxError>(0)
+        }
+    });
+    let layer = HedgeLayer::builder()
+        .delay(10 * MS)
+        .budget_ratio(0.05)
+        .max_hedges(3)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(layer).service(slow);
+    let n = 2_000;
+    run_ok(svc, n).await;
+    let extra = calls.load(Ordering::Relaxed) - n;
+    assert!(extra <= n / 20, "{extra} hedges for {n} requests");
+    assert!(extra >= n / 20 - 3, "{extra}: the budget is spent");
+}
+
+async fn run_ok<S>(svc: S, n: u32)
+where
+    S: Service<u32, Response = u32, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move { svc.oneshot(i).await.unwrap() }));
+        sleep(MS).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// A call seen by [`Recorder`]: method, path, attempt, body.
+type Call = (String, String, u32, Bytes);
+
+/// An HTTP dependency whose first call hangs; every call is recorded with
+/// its method, path, attempt and body.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<Call>>>,
+}
+
+impl Recorder {
+    fn service(
+        &self,
+    ) -> impl Service<
+        Request<ReplayBody<Full<Bytes>>>,
+        Response = Response<Bytes>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone {
+        let seen = self.seen.clone();
+        service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+            let seen = seen.clone();
+            async move {
+                let method = req.method().to_string();
+                let path = req.uri().path().to_owned();
+                let attempt = Attempt::of(&req).get();
+                let body = req.into_body().collect().await?.to_bytes();
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((method, path, attempt, body.clone()));
+                    seen.len() == 1
+                };
+                if first {
+                    sleep(Duration::from_secs(1)).await;
+                }
+                Ok::<_, BoxError>(Response::new(body))
+            }
+        })
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+async fn send(policy: HttpRequests, req: Request<Full<Bytes>>) -> (Duration, Vec<Call>) {
+    let recorder = Recorder::default();
+    let layer = HedgeLayer::builder()
+        .policy(policy)
+        .classifier(seawall_core::HttpClassifier::new())
+        .delay(20 * MS)
+        .budget(
+            RetryBudget::builder()
+                .ratio(1.0)
+                .min_per_sec(0)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(recorder.service());
+    let started = Instant::now();
+    let res = svc.oneshot(req).await.unwrap();
+    let _ = res;
+    (started.elapsed(), recorder.calls())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_without_a_key_is_never_sent_twice() {
+    let body = || Full::new(Bytes::from_static(b"charge 10 EUR"));
+    let (took, calls) = send(
+        HttpRequests::new(),
+        Request::post("/payments").body(body()).unwrap(),
+    )
+    .await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(took, Duration::from_secs(1), "waited for the only attempt");
+
+    // Same with PATCH, and with a gRPC method not opted in.
+    let (_, calls) = send(
+        HttpRequests::new().grpc_method("/kv.Store/Get"),
+        Request::patch("/payments/1").body(body()).unwrap(),
+    )
+    .await;
+    assert_eq!(calls.len(), 1);
+    let (_, calls) = send(
+        HttpRequests::new().grpc_method("/kv.Store/Get"),
+        Request::post("/kv.Store/Put").body(body()).unwrap(),
+    )
+    .await;
+    assert_eq!(calls.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn safe_requests_are_hedged_with_the_same_body() {
+    let body = || Full::new(Bytes::from_static(b"state=on"));
+    for req in [
+        Request::get("/items/1").body(Full::default()).unwrap(),
+        Request::put("/items/1").body(body()).unwrap(),
+        Request::delete("/items/1").body(Full::default()).unwrap(),
+        Request::post("/payments")
+            .header("idempotency-key", "k-1")
+            .body(body())
+            .unwrap(),
+    ] {
+        let method = req.method().to_string();
+        let (took, calls) = send(HttpRequests::new(), req).await;
+        assert_eq!(calls.len(), 2, "{method}: {calls:?}");
+        assert_eq!(took, 20 * MS, "{method}: the hedge answered");
+        assert_eq!(calls[0].3, calls[1].3, "{method}: same bytes");
+        assert_eq!((calls[0].2, calls[1].2), (1, 2), "attempt numbers");
+    }
+    let (_, calls) = send(
+        HttpRequests::new().grpc_method("/kv.Store/Get"),
+        Request::post("/kv.Store/Get").body(body()).unwrap(),
+    )
+    .await;
+    assert_eq!(calls.len(), 2, "opted-in gRPC method");
+    assert_eq!(calls[1].3, Bytes::from_static(b"state=on"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_over_the_limit_is_sent_once() {
+    let (_, calls) = send(
+        HttpRequests::new().body_limit(4),
+        Request::put("/items/1")
+            .body(Full::new(Bytes::from_static(b"too long")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].3, Bytes::from_static(b"too long"));
+}
+
+/// Counts attempts started and attempts dropped before finishing.
+#[derive(Clone, Default)]
+struct Tracked {
+    started: Arc<AtomicU32>,
+    live: Arc<AtomicU32>,
+}
+
+struct Live(Arc<AtomicU32>);
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Tracked {
+    /// Attempt `n` (0-based) takes `latencies[n]` and then answers `Ok(n)`,
+    /// or fails when the latency is in `fail`.
+    fn service(
+        &self,
+        latencies: Vec<Duration>,
+        fail: Vec<usize>,
+    ) -> impl Service<(), Response = u32, Error = BoxError> + Clone {
+        let t = self.clone();
+        service_fn(move |()| {
+            let n = t.started.fetch_add(1, Ordering::SeqCst);
+            t.live.fetch_add(1, Ordering::SeqCst);
+            let live = Live(t.live.clone());
+            let latency = latencies[n as usize];
+            let fails = fail.contains(&(n as usize));
+            async move {
+                let _live = live;
+                sleep(latency).await;
+                if fails {
+                    Err::<u32, BoxError>(format!("attempt {n} failed").into())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+    }
+}
+
+fn fixed(delay: Duration, max_hedges: u32) -> HedgeLayer {
+    HedgeLayer::builder()
+        .delay(delay)
+        .max_hedges(max_hedges)
+        .budget(
+            RetryBudget::builder()
+                .ratio(10.0)
+                .min_per_sec(0)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_the_response_future_drops_every_attempt() {
+    let t = Tracked::default();
+    let svc = ServiceBuilder::new()
+        .layer(fixed(10 * MS, 2))
+        .service(t.service(vec![Duration::from_secs(9); 3], vec![]));
+    let fut = svc.oneshot(());
+    // Both hedges sent (at 10 and 20 ms), then the caller gives up.
+    assert!(tokio::time::timeout(25 * MS, fut).await.is_err());
+    assert_eq!(t.started.load(Ordering::SeqCst), 3);
+    assert_eq!(t.live.load(Ordering::SeqCst), 0, "all three dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_success_wins_and_the_losers_are_dropped() {
+    let t = Tracked::default();
+    let svc = ServiceBuilder::new()
+        .layer(fixed(10 * MS, 2))
+        .service(t.service(vec![100 * MS, 50 * MS, 5 * MS], vec![]));
+    let started = Instant::now();
+    assert_eq!(svc.oneshot(()).await.unwrap(), 2, "the second hedge");
+    assert_eq!(started.elapsed(), 25 * MS);
+    assert_eq!(t.live.load(Ordering::SeqCst), 0, "losers dropped at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_does_not_win_while_another_attempt_runs() {
+    let t = Tracked::default();
+    let svc = ServiceBuilder::new()
+        .layer(fixed(10 * MS, 1))
+        .service(t.service(vec![100 * MS, 5 * MS], vec![1]));
+    // The hedge fails at 15 ms; the first attempt answers at 100 ms.
+    let started = Instant::now();
+    assert_eq!(svc.oneshot(()).await.unwrap(), 0);
+    assert_eq!(started.elapsed(), 100 * MS);
+
+    // Every attempt fails: the last failure is the answer.
+    let t = Tracked::default();
+    let svc = ServiceBuilder::new()
+        .layer(fixed(10 * MS, 1))
+        .service(t.service(vec![30 * MS, 5 * MS], vec![0, 1]));
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert_eq!(err.to_string(), "attempt 0 failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_before_the_delay_is_not_hedged() {
+    let t = Tracked::default();
+    let svc = ServiceBuilder::new()
+        .layer(fixed(10 * MS, 1))
+        .service(t.service(vec![5 * MS, 5 * MS], vec![0]));
+    let started = Instant::now();
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert_eq!(err.to_string(), "attempt 0 failed");
+    assert_eq!(started.elapsed(), 5 * MS);
+    assert_eq!(t.started.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_call_sends_nothing_more_and_spends_nothing() {
+    let t = Tracked::default();
+    let layer = fixed(10 * MS, 1);
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(t.service(vec![9 * MS], vec![]));
+    assert_eq!(svc.oneshot(()).await.unwrap(), 0);
+    assert_eq!(t.started.load(Ordering::SeqCst), 1);
+    assert_eq!(layer.budget().tokens(), 10, "one deposit of 10, none spent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn generic_requests_hedge_only_what_the_predicate_allows() {
+    let t = Tracked::default();
+    let layer = HedgeLayer::builder()
+        .policy(CloneRequests::new().when(|safe: &bool| *safe))
+        .delay(10 * MS)
+        .budget_ratio(1.0)
+        .build()
+        .unwrap();
+    let inner = t.service(vec![50 * MS, 50 * MS, 5 * MS], vec![]);
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(inner.map_request(|_: bool| ()));
+    assert_eq!(svc.clone().oneshot(false).await.unwrap(), 0);
+    assert_eq!(t.started.load(Ordering::SeqCst), 1, "not hedged");
+    assert_eq!(svc.oneshot(true).await.unwrap(), 2);
+    assert_eq!(t.started.load(Ordering::SeqCst), 3, "hedged");
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_report_hedges_and_an_empty_budget() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let layer = HedgeLayer::builder()
+        .delay(10 * MS)
+        .budget_ratio(0.5)
+        .name("search")
+        .listener(FnListener::new(move |e: &HedgeEvent| {
+            log.lock().unwrap().push(e.clone());
+        }))
+        .build()
+        .unwrap();
+    let t = Tracked::default();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(t.service(vec![30 * MS, 30 * MS, 30 * MS], vec![]));
+    // The first request earns half a token: not enough for a hedge.
+    svc.clone().oneshot(()).await.unwrap();
+    // The second one completes it.
+    svc.oneshot(()).await.unwrap();
+    assert_eq!(t.started.load(Ordering::SeqCst), 3);
+    let events = events.lock().unwrap();
+    assert!(
+        matches!(
+            &events[..],
+            [
+                HedgeEvent::BudgetExhausted { tokens: 0, .. },
+                HedgeEvent::HedgeSent { attempt: 2, delay, layer },
+            ] if *delay == 10 * MS && &**layer == "search"
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn invalid_settings_are_config_errors() {
+    let b = HedgeLayer::builder;
+    assert_eq!(
+        b().delay(Duration::ZERO).build().unwrap_err().field(),
+        "delay"
+    );
+    assert_eq!(
+        b().percentile(0.0).build().unwrap_err().field(),
+        "percentile"
+    );
+    assert_eq!(b().max_hedges(0).build().unwrap_err().field(), "max_hedges");
+    assert_eq!(b().max_hedges(9).build().unwrap_err().field(), "max_hedges");
+    assert_eq!(
+        b().budget_ratio(f64::NAN).build().unwrap_err().field(),
+        "budget_ratio"
+    );
+    assert_eq!(
+        b().min_delay(Duration::from_secs(20))
+            .build()
+            .unwrap_err()
+            .field(),
+        "floor"
+    );
+}
