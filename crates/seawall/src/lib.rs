@@ -64,6 +64,7 @@
 //! | `postgres` | the idempotency layer's `PostgresStore` |
 //! | `chaos` | `seawall::chaos` (`ChaosLayer`: seeded, scheduled fault injection) |
 //! | `rate-limit` | `seawall::rate_limit` (`RateLimitLayer`: keyed GCRA, several limits, IETF `RateLimit` fields) |
+//! | `timeout` | `seawall::timeout` (`AdaptiveTimeoutLayer`: percentile x k within bounds; `HedgeLayer`: idempotency-gated hedged requests under a budget) |
 //! | `circuit-breaker` + `retry` | [`stack`]: client and server presets (the server preset also needs `bulkhead`) |
 //! | `health` | [`health::HealthRegistry`]: JSON health and readiness endpoints |
 //! | `tracing` | [`core::event::TracingListener`] |
@@ -139,3 +140,8 @@ pub use seawall_chaos as chaos;
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 #[doc(inline)]
 pub use seawall_rate_limit as rate_limit;
+
+#[cfg(feature = "timeout")]
+#[cfg_attr(docsrs, doc(cfg(feature = "timeout")))]
+#[doc(inline)]
+pub use seawall_timeout as timeout;
