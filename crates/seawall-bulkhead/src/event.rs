@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use seawall_core::event::Severity;
+use seawall_core::event::{Facts, Severity};
 use seawall_core::{Event, Listener};
 
 use crate::priority::Priority;
@@ -88,6 +88,36 @@ impl Event for BulkheadEvent {
             BulkheadEvent::Rejected { .. } => Severity::Warn,
             // Adaptive limits move on most samples; only worth a debug line.
             BulkheadEvent::LimitChanged { .. } => Severity::Debug,
+        }
+    }
+
+    fn pattern(&self) -> &'static str {
+        "bulkhead"
+    }
+
+    fn facts(&self) -> Facts {
+        match self {
+            BulkheadEvent::Rejected {
+                reason,
+                in_flight,
+                limit,
+                ..
+            } => {
+                let kind = match reason {
+                    RejectReason::Full | RejectReason::Shed => crate::BulkheadFull::KIND,
+                    RejectReason::Timeout => crate::BulkheadTimeout::KIND,
+                };
+                // The queue's length is not known here, so `queued` stays unset.
+                let mut facts = Facts::NONE.refusal(kind);
+                facts.in_flight = Some(*in_flight as u64);
+                facts.limit = Some(*limit as u64);
+                facts
+            }
+            BulkheadEvent::LimitChanged { to, .. } => {
+                let mut facts = Facts::NONE;
+                facts.limit = Some(*to as u64);
+                facts
+            }
         }
     }
 }

@@ -48,4 +48,8 @@ impl Event for ChaosEvent {
     fn severity(&self) -> Severity {
         Severity::Debug
     }
+
+    fn pattern(&self) -> &'static str {
+        "chaos"
+    }
 }

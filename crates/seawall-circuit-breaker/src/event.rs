@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use seawall_core::event::{Event, Severity};
+use seawall_core::event::{Event, Facts, Severity};
 
 use crate::State;
 
@@ -114,6 +114,20 @@ impl Event for CircuitBreakerEvent {
             EventKind::StateTransition { .. } => Severity::Info,
             EventKind::CallRejected { .. } => Severity::Debug,
             _ => Severity::Warn,
+        }
+    }
+
+    fn pattern(&self) -> &'static str {
+        "circuit_breaker"
+    }
+
+    fn facts(&self) -> Facts {
+        match self.kind {
+            EventKind::StateTransition { from, to } => {
+                Facts::NONE.transition(from.as_str(), to.as_str())
+            }
+            EventKind::CallRejected { .. } => Facts::NONE.refusal(crate::CircuitOpen::KIND),
+            _ => Facts::NONE,
         }
     }
 }

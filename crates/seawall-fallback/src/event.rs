@@ -58,4 +58,8 @@ impl Event for FallbackEvent {
     fn severity(&self) -> Severity {
         Severity::Warn
     }
+
+    fn pattern(&self) -> &'static str {
+        "fallback"
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use seawall_core::event::{Event, Severity};
+use seawall_core::event::{Event, Facts, Severity};
 
 /// Something the idempotency layer did with a request.
 #[derive(Debug, Clone)]
@@ -107,5 +107,26 @@ impl Event for IdempotencyEvent {
             | IdempotencyEventKind::FailedOpen
             | IdempotencyEventKind::CompleteFailed => Severity::Warn,
         }
+    }
+
+    fn pattern(&self) -> &'static str {
+        "idempotency"
+    }
+
+    /// Requests the layer answered itself carry a refusal, by the `kind` of
+    /// the problem it answered with (`idempotency_key_refused` stands for
+    /// both `idempotency_key_missing` and `idempotency_key_invalid`).
+    fn facts(&self) -> Facts {
+        let refusal = match self.kind {
+            IdempotencyEventKind::InFlight => "idempotency_in_flight",
+            IdempotencyEventKind::Mismatch => "idempotency_key_mismatch",
+            IdempotencyEventKind::KeyRefused => "idempotency_key_refused",
+            IdempotencyEventKind::BodyTooLarge => "idempotency_body_too_large",
+            IdempotencyEventKind::BodyTimedOut => "idempotency_body_timeout",
+            IdempotencyEventKind::StoreUnavailable => "idempotency_store_unavailable",
+            IdempotencyEventKind::StoreFull => "idempotency_store_full",
+            _ => return Facts::NONE,
+        };
+        Facts::NONE.refusal(refusal)
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use seawall_core::event::{Event, Severity};
+use seawall_core::event::{Event, Facts, Severity};
 
 /// What happened to one request at a rate limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,17 @@ impl Event for RateLimitEvent {
             Self::Allowed { .. } | Self::Waited { .. } => Severity::Debug,
             Self::Limited { .. } => Severity::Info,
             Self::BackendUnavailable { .. } => Severity::Warn,
+        }
+    }
+
+    fn pattern(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn facts(&self) -> Facts {
+        match self {
+            Self::Limited { .. } => Facts::NONE.refusal(crate::RateLimited::KIND),
+            _ => Facts::NONE,
         }
     }
 }

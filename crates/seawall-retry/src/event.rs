@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use seawall_core::event::{Event, Severity};
+use seawall_core::event::{Event, Facts, Severity};
 
 /// Why a retry is needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,20 @@ impl Event for RetryEvent {
             RetryEvent::RetriesExhausted { .. } | RetryEvent::BudgetExhausted { .. } => {
                 Severity::Warn
             }
+        }
+    }
+
+    fn pattern(&self) -> &'static str {
+        "retry"
+    }
+
+    fn facts(&self) -> Facts {
+        match self {
+            // The attempt that failed is `attempt`; the one scheduled is next.
+            RetryEvent::RetryScheduled { attempt, .. } => {
+                Facts::NONE.attempt(attempt.saturating_add(1))
+            }
+            RetryEvent::RetriesExhausted { .. } | RetryEvent::BudgetExhausted { .. } => Facts::NONE,
         }
     }
 }
