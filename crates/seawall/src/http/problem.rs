@@ -122,7 +122,34 @@ impl Answer {
 /// assert_eq!(res.headers()["content-type"], "application/problem+json");
 /// ```
 pub fn error_response(err: &(dyn Error + 'static)) -> Response<Full<Bytes>> {
-    Answer::of(err).http_response()
+    let mut res = Answer::of(err).http_response();
+    add_refusal_fields(err, &mut res);
+    res
+}
+
+/// Adds the fields a refusal asks to be answered with: the rate limiter's
+/// `RateLimit-Policy` and `RateLimit` (feature `rate-limit`, when its layer
+/// writes them), so a `429` carries them like every other answer.
+#[cfg_attr(not(feature = "rate-limit"), allow(unused_variables))]
+pub(crate) fn add_refusal_fields<B>(err: &(dyn Error + 'static), res: &mut Response<B>) {
+    #[cfg(feature = "rate-limit")]
+    {
+        let mut current = Some(err);
+        while let Some(e) = current {
+            if let Some(limited) = e.downcast_ref::<seawall_rate_limit::RateLimited>() {
+                if let Some((policy, state)) = limited.fields() {
+                    let headers = res.headers_mut();
+                    headers.insert(
+                        seawall_rate_limit::headers::RATELIMIT_POLICY,
+                        policy.clone(),
+                    );
+                    headers.insert(seawall_rate_limit::headers::RATELIMIT, state.clone());
+                }
+                return;
+            }
+            current = e.source();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -186,7 +186,12 @@ where
         match self.project().state.project() {
             StateProj::Called { future, grpc } => Poll::Ready(Ok(match ready!(future.poll(cx)) {
                 Ok(res) => res.map(Either::Left),
-                Err(err) => respond(&Answer::of(&*err.into()), *grpc).map(Either::Right),
+                Err(err) => {
+                    let err = err.into();
+                    let mut res = respond(&Answer::of(&*err), *grpc);
+                    super::problem::add_refusal_fields(&*err, &mut res);
+                    res.map(Either::Right)
+                }
             })),
             StateProj::Failed { res } => Poll::Ready(Ok(res
                 .take()
