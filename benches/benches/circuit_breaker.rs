@@ -13,6 +13,10 @@
 //!   that at the measured call rate it holds that many; the bench prints how
 //!   many it really held).
 //!
+//! - `circuit_breaker_keyed_new_key/{10000,200000}`: one request with a
+//!   key never seen before through a keyed breaker whose registry is full
+//!   (capacity 10k or 200k): a closed breaker is evicted and a new one made.
+//!
 //! Run with:
 //! `cargo bench -p seawall-benches --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
 
@@ -83,6 +87,11 @@ fn closed(c: &mut Criterion) {
         "circuit_breaker_closed/seawall_time_window",
         time.layer(Leaf),
     );
+    // What one read of the clock costs here: the time window reads it once
+    // per recorded call, which no window keyed by time can avoid.
+    c.bench_function("circuit_breaker_closed/clock_read", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()));
+    });
     let slow = CircuitBreakerLayer::builder()
         .slow_call_duration(Duration::from_secs(1))
         .build()
@@ -224,5 +233,42 @@ fn time_window(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, closed, contention, time_window);
+/// The cost of a request whose key has no breaker yet, with the registry
+/// full: the new key takes a closed breaker's place (CLOCK eviction), so
+/// the cost must not grow with the capacity.
+fn keyed_new_key(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let mut group = c.benchmark_group("circuit_breaker_keyed_new_key");
+    for capacity in [10_000u64, 200_000] {
+        let layer = CircuitBreakerLayer::builder()
+            .key_capacity(usize::try_from(capacity).expect("fits"))
+            .build_keyed(|key: &u64| *key)
+            .expect("valid config");
+        let handle = layer.handle();
+        let mut svc = layer.layer(Leaf);
+        for key in 0..capacity {
+            black_box(call_now(&mut svc, key));
+        }
+        assert_eq!(handle.len() as u64, capacity, "registry filled");
+        let mut next = capacity;
+        group.bench_with_input(
+            BenchmarkId::from_parameter(capacity),
+            &capacity,
+            |b, _| {
+                b.iter(|| {
+                    next += 1;
+                    black_box(call_now(&mut svc, black_box(next)))
+                });
+            },
+        );
+        assert_eq!(handle.len() as u64, capacity, "still at capacity");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, closed, contention, time_window, keyed_new_key);
 criterion_main!(benches);

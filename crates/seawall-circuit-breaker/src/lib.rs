@@ -54,6 +54,13 @@
 //! - **A [`Handle`]** for health checks and operations: state, a
 //!   [`Metrics`] snapshot, a `watch` of state changes, and force open /
 //!   disable / reset. Events go to a [`Listener`](seawall_core::Listener).
+//! - **Rejections from inside are not failures:** a seawall rejection
+//!   raised by a layer the breaker wraps (a full bulkhead, a rate limit, an
+//!   inner breaker) never reached the dependency, so it is ignored unless
+//!   [`Builder::count_inner_rejections`] says otherwise. A panicking inner
+//!   call is recorded as a failure before the panic goes on.
+//! - **Metrics-only mode** ([`Builder::metrics_only`]): record and report,
+//!   never refuse.
 //! - **Keyed mode:** one breaker per host, route or tenant in a bounded
 //!   registry, enumerable through a [`KeyedHandle`].
 //!

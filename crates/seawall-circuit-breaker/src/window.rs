@@ -328,6 +328,11 @@ impl Bucket {
 struct Closed {
     seq: AtomicU64,
     head: AtomicU64,
+    /// The open slice's time range `[start, end)` and bucket, so the fast
+    /// path needs no division to find them.
+    start: AtomicU64,
+    end: AtomicU64,
+    index: AtomicU64,
     calls: AtomicU64,
     failures: AtomicU64,
     slow: AtomicU64,
@@ -335,30 +340,52 @@ struct Closed {
 
 impl Closed {
     fn read(&self) -> Option<(u64, Counts)> {
+        self.read_open().map(|open| (open.head, open.closed))
+    }
+
+    #[inline]
+    fn read_open(&self) -> Option<OpenSlice> {
         let seq = self.seq.load(Ordering::Acquire);
         if seq & 1 == 1 {
             return None;
         }
-        let head = self.head.load(Ordering::Relaxed);
-        let counts = Counts {
-            calls: self.calls.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
-            slow: self.slow.load(Ordering::Relaxed),
+        let open = OpenSlice {
+            head: self.head.load(Ordering::Relaxed),
+            start: self.start.load(Ordering::Relaxed),
+            end: self.end.load(Ordering::Relaxed),
+            index: self.index.load(Ordering::Relaxed),
+            closed: Counts {
+                calls: self.calls.load(Ordering::Relaxed),
+                failures: self.failures.load(Ordering::Relaxed),
+                slow: self.slow.load(Ordering::Relaxed),
+            },
         };
         fence(Ordering::Acquire);
-        (self.seq.load(Ordering::Relaxed) == seq).then_some((head, counts))
+        (self.seq.load(Ordering::Relaxed) == seq).then_some(open)
     }
 
-    fn write(&self, head: u64, c: Counts) {
+    fn write(&self, head: u64, range: (u64, u64, u64), c: Counts) {
         let seq = self.seq.load(Ordering::Relaxed);
         self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
         self.head.store(head, Ordering::Relaxed);
+        self.start.store(range.0, Ordering::Relaxed);
+        self.end.store(range.1, Ordering::Relaxed);
+        self.index.store(range.2, Ordering::Relaxed);
         self.calls.store(c.calls, Ordering::Relaxed);
         self.failures.store(c.failures, Ordering::Relaxed);
         self.slow.store(c.slow, Ordering::Relaxed);
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
+}
+
+/// One consistent read of [`Closed`].
+struct OpenSlice {
+    head: u64,
+    start: u64,
+    end: u64,
+    index: u64,
+    closed: Counts,
 }
 
 /// The outcomes of the last `buckets × bucket width` of time.
@@ -404,6 +431,10 @@ impl TimeWindow {
             closed: Padded(Closed {
                 seq: AtomicU64::new(0),
                 head: AtomicU64::new(NO_SLICE),
+                // An empty range: the first call takes the slow path.
+                start: AtomicU64::new(u64::MAX),
+                end: AtomicU64::new(0),
+                index: AtomicU64::new(0),
                 calls: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 slow: AtomicU64::new(0),
@@ -428,22 +459,25 @@ impl TimeWindow {
     /// late into older slices (see [`TimeWindow`]).
     #[inline]
     pub(crate) fn record(&self, now_nanos: u64, failed: bool, slow: bool) -> Counts {
-        let slice = now_nanos / self.bucket_nanos;
-        if let Some((head, closed)) = self.closed.read() {
-            let bucket = self.bucket(slice);
-            if head == slice && bucket.slice.load(Ordering::Acquire) == slice {
-                let (own, full) = self.add(bucket, failed, slow);
-                if full {
-                    self.carry(bucket);
+        if let Some(open) = self.closed.read_open() {
+            // The open slice's range saves two divisions per call.
+            if open.start <= now_nanos && now_nanos < open.end {
+                let bucket = &self.buckets[open.index as usize % self.buckets.len()];
+                if bucket.slice.load(Ordering::Acquire) == open.head {
+                    let (own, full) = self.add(bucket, failed, slow);
+                    if full {
+                        self.carry(bucket);
+                    }
+                    let closed = open.closed;
+                    return Counts {
+                        calls: closed.calls + own.calls,
+                        failures: closed.failures + own.failures,
+                        slow: closed.slow + own.slow,
+                    };
                 }
-                return Counts {
-                    calls: closed.calls + own.calls,
-                    failures: closed.failures + own.failures,
-                    slow: closed.slow + own.slow,
-                };
             }
         }
-        self.record_slow(slice, failed, slow)
+        self.record_slow(now_nanos / self.bucket_nanos, failed, slow)
     }
 
     /// Adds one call to a bucket of the right slice; returns the bucket's
@@ -502,7 +536,10 @@ impl TimeWindow {
                     }
                 }
             }
-            self.closed.write(slice, closed);
+            let start = slice.saturating_mul(self.bucket_nanos);
+            let end = start.saturating_add(self.bucket_nanos);
+            self.closed
+                .write(slice, (start, end, slice % self.len()), closed);
         } else if slice + self.len() <= head {
             // Older than the window: it must never count.
             drop(guard);
@@ -592,7 +629,8 @@ impl TimeWindow {
         for bucket in &*self.buckets {
             bucket.reset(NO_SLICE);
         }
-        self.closed.write(NO_SLICE, Counts::default());
+        self.closed
+            .write(NO_SLICE, (u64::MAX, 0, 0), Counts::default());
     }
 }
 
