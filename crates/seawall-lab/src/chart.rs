@@ -7,6 +7,16 @@ use plotters::prelude::*;
 use crate::run::ScenarioResult;
 use crate::stacks::StackKind;
 
+/// No resilience is drawn wide and first, so it shows around a stack that
+/// behaves the same (tower's built-ins in an overload).
+fn width(kind: StackKind) -> u32 {
+    if kind == StackKind::None {
+        5
+    } else {
+        2
+    }
+}
+
 fn colour(kind: StackKind) -> RGBColor {
     match kind {
         StackKind::None => RGBColor(150, 150, 150),
@@ -64,7 +74,7 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..seconds, 0.0..peak * 1.1)?;
+        .build_cartesian_2d(0.0..seconds, 0.0..peak * 1.75)?;
     chart
         .configure_mesh()
         .x_desc("time (s)")
@@ -73,7 +83,8 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
         .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE)
         .draw()?;
-    let top_y = peak * 1.1;
+    // Headroom above the data for the legend.
+    let top_y = peak * 1.75;
     if let Some((a, b)) = result.fault_window {
         chart.draw_series(std::iter::once(Rectangle::new(
             [(a, 0.0), (b, top_y * 0.03)],
@@ -90,7 +101,7 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
         chart
             .draw_series(LineSeries::new(
                 points(&s.figures.series.attempts),
-                c.stroke_width(2),
+                c.stroke_width(width(s.stack)),
             ))?
             .label(format!("{} attempts", s.stack.name()))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
@@ -137,7 +148,7 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..seconds, (lat_min..lat_max * 1.5).log_scale())?;
+        .build_cartesian_2d(0.0..seconds, (lat_min..lat_max * 4.0).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("time (s)")
@@ -159,7 +170,7 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
         // Seconds without any answer leave a gap instead of a false zero.
         for run in contiguous(series) {
             let label_it = run.first() == first_point(series).as_ref();
-            let drawn = chart.draw_series(LineSeries::new(run, c.stroke_width(2)))?;
+            let drawn = chart.draw_series(LineSeries::new(run, c.stroke_width(width(s.stack))))?;
             if label_it {
                 drawn
                     .label(format!("{} p99", s.stack.name()))

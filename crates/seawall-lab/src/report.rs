@@ -141,7 +141,8 @@ of the dependency's answers · attempts/req: downstream attempts per request (wh
 most attempts in flight at once at the dependency · recovery: from the fault's end to the \
 first 1 s window (by arrival, 100 ms steps) whose success rate is ≥ 95% of the pre-fault \
 rate · dup: extra executions of a POST handler · unfinished: no answer when the run ended \
-(counted as failed)";
+(counted as failed). In virtual time, tower-resilience 0.13's breaker never half-opens: it times \
+its open state with std::time::Instant (wall clock); --real shows it in wall time.";
 
 /// `report.md` for `--out`.
 pub fn markdown_report(results: &[ScenarioResult], command: &str, charts: &[String]) -> String {
