@@ -1,6 +1,6 @@
 //! SVG charts (plotters): per scenario, downstream attempts and requests
-//! over time with seawall's breaker-open periods shaded, and the p99
-//! latency of each stack over time.
+//! over time with seawall's breaker-open periods shaded, and the p50 and
+//! p99 latency of each stack over time.
 
 use plotters::prelude::*;
 
@@ -135,14 +135,14 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
     let lat_min = result
         .stacks
         .iter()
-        .flat_map(|s| s.figures.series.p99_ms.iter().flatten())
+        .flat_map(|s| s.figures.series.p50_ms.iter().flatten())
         .copied()
         .fold(lat_max, f64::min)
         .max(1.0)
         / 2.0;
     let mut chart = ChartBuilder::on(&bottom)
         .caption(
-            "p99 latency of the dependency's answers, by arrival second",
+            "Latency of the dependency's answers by arrival second: p99 (solid), p50 (dashed)",
             ("sans-serif", 15),
         )
         .margin(10)
@@ -152,7 +152,7 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
     chart
         .configure_mesh()
         .x_desc("time (s)")
-        .y_desc("p99 latency (ms, log)")
+        .y_desc("latency (ms, log)")
         .y_labels(6)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y:.0}"))
@@ -163,6 +163,13 @@ fn draw(result: &ScenarioResult, out: &mut String) -> Result<(), Box<dyn std::er
             [(a, lat_min), (b, lat_min * 1.15)],
             FAULT.filled(),
         )))?;
+    }
+    for s in &result.stacks {
+        let c = colour(s.stack);
+        // p50 thin and dashed, under the p99 lines.
+        for run in contiguous(&s.figures.series.p50_ms) {
+            chart.draw_series(DashedLineSeries::new(run, 3, 3, c.stroke_width(1)))?;
+        }
     }
     for s in &result.stacks {
         let c = colour(s.stack);

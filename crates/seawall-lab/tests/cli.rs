@@ -113,7 +113,7 @@ fn json_and_out_dir() {
         "seawall-lab: tiny",
         "time (s)",
         "per second",
-        "p99 latency (ms, log)",
+        "latency (ms, log)",
         "seawall attempts",
     ] {
         assert!(svg.contains(text), "chart lacks {text:?}");

@@ -181,14 +181,27 @@ fn brownout_seawall_sheds_attempts_and_tail_latency() {
     assert!(seawall.ok_pct + seawall.degraded_pct > 99.9);
 }
 
+// The same claims at other seeds, one test per scenario so that they run in
+// parallel.
+
 #[test]
-fn the_claims_hold_at_other_seeds() {
-    for seed in OTHER_SEEDS {
-        check_outage(seed);
-        check_duplicate_posts(seed);
-        check_slow_dependency(seed);
-        check_overload(seed);
-    }
+fn outage_claims_hold_at_other_seeds() {
+    OTHER_SEEDS.into_iter().for_each(check_outage);
+}
+
+#[test]
+fn overload_claims_hold_at_other_seeds() {
+    OTHER_SEEDS.into_iter().for_each(check_overload);
+}
+
+#[test]
+fn slow_dependency_claims_hold_at_other_seeds() {
+    OTHER_SEEDS.into_iter().for_each(check_slow_dependency);
+}
+
+#[test]
+fn duplicate_posts_claims_hold_at_other_seeds() {
+    OTHER_SEEDS.into_iter().for_each(check_duplicate_posts);
 }
 
 #[test]
