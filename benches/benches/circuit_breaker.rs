@@ -255,16 +255,12 @@ fn keyed_new_key(c: &mut Criterion) {
         }
         assert_eq!(handle.len() as u64, capacity, "registry filled");
         let mut next = capacity;
-        group.bench_with_input(
-            BenchmarkId::from_parameter(capacity),
-            &capacity,
-            |b, _| {
-                b.iter(|| {
-                    next += 1;
-                    black_box(call_now(&mut svc, black_box(next)))
-                });
-            },
-        );
+        group.bench_with_input(BenchmarkId::from_parameter(capacity), &capacity, |b, _| {
+            b.iter(|| {
+                next += 1;
+                black_box(call_now(&mut svc, black_box(next)))
+            });
+        });
         assert_eq!(handle.len() as u64, capacity, "still at capacity");
     }
     group.finish();
