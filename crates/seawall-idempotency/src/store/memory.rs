@@ -21,6 +21,10 @@ const RECORD_OVERHEAD: usize = 256;
 
 const STORE: &str = "idempotency memory store";
 
+/// Expiry queues kept even when empty: a layer uses two (lease and
+/// retention), so this covers several layers sharing one store.
+const MAX_IDLE_QUEUES: usize = 8;
+
 /// The default store: records in this process's memory.
 ///
 /// Right for a single replica, and for tests. Records expire on
@@ -356,7 +360,11 @@ impl Shard {
                 }
             }
         }
-        queues.retain(|q| !q.items.is_empty());
+        // Empty queues are kept for reuse (their buffer too), unless a
+        // caller's many distinct durations pile them up.
+        if queues.len() > MAX_IDLE_QUEUES {
+            queues.retain(|q| !q.items.is_empty());
+        }
         dropped
     }
 }
@@ -789,6 +797,34 @@ mod tests {
         assert_eq!(store.purge_expired(), 1, "the long lease, at 50 s");
         assert!(store.is_empty());
         assert_eq!(store.bytes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_queues_are_reused_and_do_not_pile_up() {
+        let store = MemoryStore::with_capacity(1).unwrap();
+        let queues = |s: &MemoryStore| lock(&s.shards[0]).queues.len();
+        for _ in 0..3 {
+            let t = token(store.claim(&key(1), &FP, LEASE).await.unwrap());
+            store
+                .complete(&key(1), &t, &FP, &response("x"), DAY)
+                .await
+                .unwrap();
+            tokio::time::advance(DAY).await;
+            assert_eq!(store.purge_expired(), 1);
+            // Lease and retention: two queues, kept empty for the next use.
+            assert_eq!(queues(&store), 2);
+        }
+        for ms in 1..=40 {
+            token(
+                store
+                    .claim(&key(2), &FP, Duration::from_millis(ms))
+                    .await
+                    .unwrap(),
+            );
+            tokio::time::advance(Duration::from_millis(ms)).await;
+        }
+        store.purge_expired();
+        assert!(queues(&store) <= MAX_IDLE_QUEUES, "{}", queues(&store));
     }
 
     #[tokio::test(start_paused = true)]
