@@ -85,9 +85,10 @@
 //! and its response is stored, so the client's retry is a replay, not a
 //! second execution. If the handler panics (in its call, its future or its
 //! body), the panic is caught and the claim released by its token, and
-//! only once the store confirmed the release does the request fail with
+//! only once the store has answered the release does the request fail with
 //! [`HandlerPanicked`] (a 500): a retry sent on seeing that 500 runs the
-//! handler again, never gets 409. The layer therefore needs a Tokio
+//! handler again, never gets 409. (If the store fails the release, the key
+//! frees when its lease ends.) The layer therefore needs a Tokio
 //! runtime with its timer enabled, and the wrapped service, its future and
 //! its body must be `Send + 'static` (true of axum handlers).
 //!
