@@ -137,6 +137,9 @@ pub use event::{BulkheadEvent, RejectReason};
 pub use future::ResponseFuture;
 pub use layer::{BulkheadBuilder, BulkheadLayer};
 pub use pool::{Handle, Pool, PoolBuilder};
+/// [`Handle`] under a name that reads apart from a circuit breaker's handle,
+/// for code that names both.
+pub type BulkheadHandle = Handle;
 pub use priority::{HeaderPriority, NoPriority, ParsePriorityError, Prioritize, Priority};
 pub use registry::PoolRegistry;
 pub use service::Bulkhead;

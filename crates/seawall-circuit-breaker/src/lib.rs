@@ -130,6 +130,9 @@ pub use error::{CircuitOpen, KeyedRegistryFull};
 pub use event::{CircuitBreakerEvent, EventKind};
 pub use future::ResponseFuture;
 pub use handle::{Handle, Metrics};
+/// [`Handle`] under a name that reads apart from a bulkhead's handle, for
+/// code that names both.
+pub type CircuitBreakerHandle = Handle;
 pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer, KeyedHandle};
 pub use layer::{Builder, CircuitBreakerLayer};
 pub use open_duration::OpenDuration;

@@ -101,15 +101,37 @@ pub struct ReadmeDoctests;
 /// The shared vocabulary: outcomes, classifiers, rejections, hints, events.
 pub use seawall_core as core;
 pub use seawall_core::{
-    And, BoxError, Classify, ClassifyExt, ConfigError, ErrorsFail, Event,
-    GrpcClassifier, GrpcCode, HttpClassifier, IgnoreErrors, IgnoreRejections, Listener,
-    NoopListener, Not, Or, Outcome, Rejected, Rejection,
+    And, BoxError, Classify, ClassifyExt, ConfigError, ErrorsFail, Event, GrpcClassifier, GrpcCode,
+    HttpClassifier, IgnoreErrors, IgnoreRejections, Listener, NoopListener, Not, Or, Outcome,
+    Rejected, Rejection,
 };
 
 #[cfg(feature = "circuit-breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
 #[doc(inline)]
 pub use seawall_circuit_breaker as circuit_breaker;
+
+/// A circuit breaker's handle (`circuit_breaker::Handle`), named apart from
+/// a bulkhead's.
+#[cfg(feature = "circuit-breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
+pub use seawall_circuit_breaker::CircuitBreakerHandle;
+
+/// A bulkhead's handle (`bulkhead::Handle`), named apart from a circuit
+/// breaker's.
+#[cfg(feature = "bulkhead")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
+pub use seawall_bulkhead::BulkheadHandle;
+
+pub use seawall_core::event::FnListener;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use seawall_core::event::MetricsListener;
+
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub use seawall_core::event::TracingListener;
 
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
