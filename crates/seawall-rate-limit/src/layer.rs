@@ -245,7 +245,7 @@ impl<L, C, H, Li> Builder<L, C, H, Li> {
     }
 
     /// The most keys each limit tracks (default 100,000). Split evenly over
-    /// up to 16 shards.
+    /// up to 16 shards (a power of two).
     pub fn key_capacity(mut self, entries: usize) -> Self {
         self.bounds.entries = entries;
         self

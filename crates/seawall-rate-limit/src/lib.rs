@@ -67,9 +67,9 @@
 //!
 //! Each limit keeps at most [`Builder::key_capacity`] keys (default
 //! 100,000) in at most [`Builder::key_memory`] bytes (default 16 MiB,
-//! counting per key its slab cell, its map slot and its heap bytes twice;
-//! the hash table's spare capacity comes on top, at most as much again), in
-//! up to 16 shards with an equal share each. A key whose bucket is full
+//! counting per key its cell, its hash-table slot and its heap bytes; the
+//! table's spare capacity comes on top, at most as much again), in up to 16
+//! shards with an equal share each. Each key is hashed once per request. A key whose bucket is full
 //! again carries no information and is dropped as new keys arrive (each
 //! insertion looks at two cells, so reclaiming is O(1) per request and
 //! needs no timer). A shard full of keys that are still limited **never

@@ -1,9 +1,11 @@
 //! The bounded registry of one limit's keys.
 //!
-//! Keys live in shards, each a `HashMap` from key to a cell index plus a
-//! slab of cells holding the key's theoretical arrival time (TAT), under a
-//! short mutex. A shard owns an equal share of the registry's capacity in
-//! entries and in bytes.
+//! Keys live in shards, each a slab of cells (the key, its hash and its
+//! theoretical arrival time, TAT) indexed by a `hashbrown::HashTable` of
+//! cell numbers, under a short mutex. The key is hashed once: the hash picks
+//! the shard and probes its table, and each key is stored once, in its cell.
+//! A shard owns an equal share of the registry's capacity in entries and in
+//! bytes.
 //!
 //! A key whose TAT has passed has a full bucket, which is exactly the state
 //! of a key never seen: removing it loses nothing. So "idle" needs no timer:
@@ -24,10 +26,11 @@
 //! its quota; keys in overflow get less (they share one bucket), which is
 //! the documented price of the bound.
 
-use std::collections::hash_map::{Entry, RandomState};
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::mem;
+
+use hashbrown::HashTable;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::key::RateKey;
@@ -36,7 +39,7 @@ use crate::key::RateKey;
 pub(crate) const SCAN_WHEN_FULL: usize = 8;
 /// Cells examined by every insertion, full or not.
 const SWEEP_STEP: usize = 2;
-/// Shards of a registry with room for many keys.
+/// Shards of a registry with room for many keys (a power of two).
 const MAX_SHARDS: usize = 16;
 
 /// Where a key's TAT lives.
@@ -48,11 +51,12 @@ pub(crate) enum Slot {
 
 struct Cell<K> {
     key: Option<K>,
+    hash: u64,
     tat: u64,
 }
 
 pub(crate) struct Shard<K> {
-    index: HashMap<K, u32>,
+    index: HashTable<u32>,
     cells: Vec<Cell<K>>,
     free: Vec<u32>,
     hand: usize,
@@ -64,10 +68,10 @@ pub(crate) struct Shard<K> {
 }
 
 impl<K: RateKey> Shard<K> {
-    /// The bytes one key costs: its cell, its map slot, a control byte and
-    /// its heap bytes twice (the map and the cell each hold a copy).
+    /// The bytes one key costs: its cell, its table slot, the table's
+    /// control byte and its heap bytes.
     fn entry_bytes(key: &K) -> usize {
-        mem::size_of::<Cell<K>>() + mem::size_of::<(K, u32)>() + 1 + 2 * key.heap_bytes()
+        mem::size_of::<Cell<K>>() + mem::size_of::<u32>() + 1 + key.heap_bytes()
     }
 
     pub(crate) fn tat_mut(&mut self, slot: Slot) -> &mut u64 {
@@ -84,14 +88,18 @@ impl<K: RateKey> Shard<K> {
         }
     }
 
-    fn slot(&mut self, key: &K, now: u64) -> Slot {
-        if let Some(&i) = self.index.get(key) {
+    fn slot(&mut self, key: &K, hash: u64, now: u64) -> Slot {
+        let cells = &self.cells;
+        if let Some(&i) = self
+            .index
+            .find(hash, |&i| cells[i as usize].key.as_ref() == Some(key))
+        {
             return Slot::Cell(i);
         }
-        self.insert(key, now)
+        self.insert(key, hash, now)
     }
 
-    fn insert(&mut self, key: &K, now: u64) -> Slot {
+    fn insert(&mut self, key: &K, hash: u64, now: u64) -> Slot {
         if key.heap_bytes() > self.max_key_bytes {
             return Slot::Overflow;
         }
@@ -105,6 +113,7 @@ impl<K: RateKey> Shard<K> {
         }
         let cell = Cell {
             key: Some(key.clone()),
+            hash,
             // A key leaving overflow carries the overflow bucket's debt.
             tat: self.overflow_tat,
         };
@@ -115,7 +124,9 @@ impl<K: RateKey> Shard<K> {
             self.cells.push(cell);
             (self.cells.len() - 1) as u32
         };
-        self.index.insert(key.clone(), i);
+        let cells = &self.cells;
+        self.index
+            .insert_unique(hash, i, |&j| cells[j as usize].hash);
         self.bytes += cost;
         Slot::Cell(i)
     }
@@ -134,12 +145,12 @@ impl<K: RateKey> Shard<K> {
             let cell = &mut self.cells[self.hand];
             if cell.tat <= now {
                 if let Some(key) = cell.key.take() {
-                    let cost = Self::entry_bytes(&key);
-                    if let Entry::Occupied(e) = self.index.entry(key) {
-                        e.remove();
+                    let hand = self.hand as u32;
+                    if let Ok(entry) = self.index.find_entry(cell.hash, |&j| j == hand) {
+                        entry.remove();
                     }
-                    self.bytes -= cost;
-                    self.free.push(self.hand as u32);
+                    self.bytes -= Self::entry_bytes(&key);
+                    self.free.push(hand);
                 }
             }
             self.hand += 1;
@@ -168,11 +179,12 @@ pub(crate) struct Bounds {
 
 impl<K: RateKey> Registry<K> {
     pub(crate) fn new(bounds: Bounds) -> Self {
-        let count = bounds.entries.clamp(1, MAX_SHARDS);
+        // A power of two, so that picking a shard is a mask, not a division.
+        let count = 1 << bounds.entries.clamp(1, MAX_SHARDS).ilog2();
         let shards = (0..count)
             .map(|_| {
                 Mutex::new(Shard {
-                    index: HashMap::new(),
+                    index: HashTable::new(),
                     cells: Vec::new(),
                     free: Vec::new(),
                     hand: 0,
@@ -201,13 +213,11 @@ impl<K: RateKey> Registry<K> {
 
     /// Locks `key`'s shard and finds (or makes) its slot.
     pub(crate) fn lock(&self, key: &K, now: u64) -> (MutexGuard<'_, Shard<K>>, Slot) {
-        let shard = if self.shards.len() == 1 {
-            &self.shards[0]
-        } else {
-            &self.shards[(self.hasher.hash_one(key) % self.shards.len() as u64) as usize]
-        };
-        let mut guard = lock(shard);
-        let slot = guard.slot(key, now);
+        let hash = self.hasher.hash_one(key);
+        // The high bits pick the shard; the table probes with the low bits.
+        let shard = (hash >> 32) as usize & (self.shards.len() - 1);
+        let mut guard = lock(&self.shards[shard]);
+        let slot = guard.slot(key, hash, now);
         (guard, slot)
     }
 
