@@ -98,9 +98,10 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 /// [`HttpDeadline`] for `http::Request`s. Implement it for a request type of
 /// your own that carries a deadline.
 pub trait CarriedDeadline<Req> {
-    /// The time left before the request's own deadline at `now`, if it has
-    /// one.
-    fn remaining(&self, request: &Req, now: Instant) -> Option<Duration>;
+    /// The time left before the request's own deadline, if it has one.
+    /// `now` reads the clock: call it only when the request carries a
+    /// deadline, so that requests without one cost no clock read.
+    fn remaining(&self, request: &Req, now: &dyn Fn() -> Instant) -> Option<Duration>;
 }
 
 /// Requests carry no deadline: only the adaptive timeout applies.
@@ -109,7 +110,7 @@ pub struct NoDeadline;
 
 impl<Req> CarriedDeadline<Req> for NoDeadline {
     #[inline]
-    fn remaining(&self, _request: &Req, _now: Instant) -> Option<Duration> {
+    fn remaining(&self, _request: &Req, _now: &dyn Fn() -> Instant) -> Option<Duration> {
         None
     }
 }
@@ -121,8 +122,14 @@ pub struct HttpDeadline;
 
 impl<B> CarriedDeadline<http::Request<B>> for HttpDeadline {
     #[inline]
-    fn remaining(&self, request: &http::Request<B>, now: Instant) -> Option<Duration> {
-        Deadline::remaining_of(request, now)
+    fn remaining(&self, request: &http::Request<B>, now: &dyn Fn() -> Instant) -> Option<Duration> {
+        let carried = request.extensions().get::<Deadline>().is_some()
+            || request.headers().contains_key(GRPC_TIMEOUT);
+        if carried {
+            Deadline::remaining_of(request, now())
+        } else {
+            None
+        }
     }
 }
 
@@ -178,9 +185,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_earlier_of_extension_and_header() {
-        let now = Instant::now();
+        let start = Instant::now();
+        let now = &|| start;
         let mut req = http::Request::new(());
-        assert_eq!(HttpDeadline.remaining(&req, now), None);
+        let read = std::cell::Cell::new(false);
+        let watched = || {
+            read.set(true);
+            start
+        };
+        assert_eq!(HttpDeadline.remaining(&req, &watched), None);
+        assert!(!read.get(), "no deadline, no clock read");
         req.headers_mut()
             .insert(GRPC_TIMEOUT, "300m".parse().unwrap());
         assert_eq!(
@@ -188,14 +202,17 @@ mod tests {
             Some(Duration::from_millis(300))
         );
         req.extensions_mut()
-            .insert(Deadline(now + Duration::from_millis(100)));
+            .insert(Deadline(start + Duration::from_millis(100)));
         assert_eq!(
             HttpDeadline.remaining(&req, now),
             Some(Duration::from_millis(100))
         );
         // A deadline already past leaves no time at all.
-        let later = now + Duration::from_secs(1);
-        assert_eq!(HttpDeadline.remaining(&req, later), Some(Duration::ZERO));
+        let later = start + Duration::from_secs(1);
+        assert_eq!(
+            HttpDeadline.remaining(&req, &|| later),
+            Some(Duration::ZERO)
+        );
         assert_eq!(NoDeadline.remaining(&req, now), None);
     }
 }

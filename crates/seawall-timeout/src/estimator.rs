@@ -141,6 +141,22 @@ impl Estimator {
         Duration::from_micros(self.current.load(Ordering::Relaxed))
     }
 
+    /// The cached value, without reading the clock or refreshing.
+    #[inline]
+    pub(crate) fn cached(&self) -> Duration {
+        Duration::from_micros(self.current.load(Ordering::Relaxed))
+    }
+
+    /// Records a call answered on its first poll: no time spent waiting for
+    /// the dependency, so a latency of zero, counted in the slice of the
+    /// last refresh (at most `refresh` old) rather than paying a clock read
+    /// for the slice.
+    #[inline]
+    pub(crate) fn record_immediate(&self) {
+        self.window
+            .record(self.refreshed_at.load(Ordering::Relaxed), 0);
+    }
+
     /// Records a latency observed at `now`.
     #[inline]
     pub(crate) fn record(&self, now: Instant, latency: Duration) {

@@ -164,3 +164,8 @@ pub use hedge::service::Hedge;
 pub use timeout::future::ResponseFuture;
 pub use timeout::layer::{AdaptiveTimeoutBuilder, AdaptiveTimeoutLayer};
 pub use timeout::service::AdaptiveTimeout;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

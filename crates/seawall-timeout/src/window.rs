@@ -245,4 +245,41 @@ mod tests {
         assert_eq!(w.collect(0, &mut h), 40_000);
         assert_eq!(h.iter().sum::<u64>(), 40_000);
     }
+
+    #[test]
+    fn snapshots_stay_consistent_while_slices_rotate() {
+        // Writers sweep the clock through thousands of slices (each rotation
+        // empties a slot) while a reader collects. A slice holds at most
+        // 3 threads x 40 records, so a window of 4 slices at most 480: a
+        // snapshot that mixed a slot's old counts into its new slice (an
+        // emptying it did not notice) could exceed that.
+        let w = LatencyWindow::new(4, 10);
+        let clock = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..3u64 {
+                let (w, clock) = (&w, &clock);
+                s.spawn(move || {
+                    for i in 0..200_000u64 {
+                        let now = i / 4;
+                        clock.fetch_max(now, Ordering::Relaxed);
+                        w.record(now, t + i % 7);
+                    }
+                });
+            }
+            let (w, clock) = (&w, &clock);
+            s.spawn(move || {
+                let mut h = [0; BUCKETS];
+                for _ in 0..5_000 {
+                    h.fill(0);
+                    let total = w.collect(clock.load(Ordering::Relaxed), &mut h);
+                    assert_eq!(total, h.iter().sum::<u64>());
+                    assert!(total <= 480, "{total}");
+                    assert!(h[9..].iter().all(|&n| n == 0), "only values 0..9");
+                }
+            });
+        });
+        let mut h = [0; BUCKETS];
+        let last = w.collect(49_999, &mut h);
+        assert!(last <= 480 && last > 0, "{last}");
+    }
 }

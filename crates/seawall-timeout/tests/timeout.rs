@@ -372,3 +372,23 @@ fn invalid_settings_are_config_errors() {
         "min_samples"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_answered_at_once_count_as_zero_latency() {
+    let layer = AdaptiveTimeoutLayer::builder()
+        .min_samples(10)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(|n: u32| {
+            std::future::ready(Ok::<_, BoxError>(n))
+        }));
+    for n in 0..10 {
+        assert_eq!(svc.clone().oneshot(n).await.unwrap(), n);
+    }
+    advance(Duration::from_secs(1)).await;
+    // p99 = 0, x3 = 0: the floor.
+    assert_eq!(layer.timeout(), Duration::from_millis(10));
+    assert_eq!(layer.samples(), 10);
+}

@@ -83,7 +83,6 @@ struct Race<S, R, Cp, F, Sh, O> {
     replay: R,
     copy: Cp,
     shared: Sh,
-    primary_start: Instant,
     /// Hedges in flight, boxed: only a request that is already slow pays
     /// for the allocation.
     hedges: Vec<(Pin<Box<F>>, Instant)>,
@@ -148,14 +147,13 @@ where
 
     pub(crate) fn racing(
         primary: S::Future,
-        start: Instant,
         svc: S,
         replay: P::Replay,
         copy: CopyOf<P, Req>,
         shared: Arc<HedgeShared<P, C, L>>,
     ) -> Self {
         Self {
-            state: racing(primary, start, svc, replay, copy, shared),
+            state: racing(primary, svc, replay, copy, shared),
             _request: PhantomData,
         }
     }
@@ -167,22 +165,19 @@ type SharedState<F, Pd, S, R, Cp, P, C, L, O> =
 
 fn racing<F, Pd, S, R, Cp, P, C, L, O>(
     primary: F,
-    start: Instant,
     svc: S,
     replay: R,
     copy: Cp,
     shared: Arc<HedgeShared<P, C, L>>,
 ) -> SharedState<F, Pd, S, R, Cp, P, C, L, O> {
-    let delay = shared.delay(start);
     State::Racing {
         primary: Primary::Running { fut: primary },
-        timer: LazySleep::new(deadline(start, delay)),
+        timer: LazySleep::new(),
         race: Race {
             svc,
             replay,
             copy,
             shared,
-            primary_start: start,
             hedges: Vec::new(),
             sent: 0,
             launching: false,
@@ -235,11 +230,10 @@ where
                         state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let start = Instant::now();
                     let fut = svc.call(request);
                     match copy {
                         Some(copy) if hedgeable => {
-                            state.set(racing(fut, start, svc, replay, copy, shared));
+                            state.set(racing(fut, svc, replay, copy, shared));
                         }
                         _ => state.set(State::Direct { fut }),
                     }
@@ -286,8 +280,7 @@ where
             if let PrimaryProj::Running { fut } = primary.as_mut().project() {
                 if let Poll::Ready(out) = fut.poll(cx) {
                     primary.set(Primary::Finished);
-                    let start = self.primary_start;
-                    if let Some(done) = self.settle(out, start, None) {
+                    if let Some(done) = self.settle(out, timer.start(), None) {
                         return Poll::Ready(done);
                     }
                 }
@@ -296,9 +289,12 @@ where
             while i < self.hedges.len() {
                 if let Poll::Ready(out) = self.hedges[i].0.as_mut().poll(cx) {
                     let (_, start) = self.hedges.swap_remove(i);
-                    let primary_start =
-                        matches!(*primary, Primary::Running { .. }).then_some(self.primary_start);
-                    if let Some(done) = self.settle(out, start, primary_start) {
+                    let primary_start = if matches!(*primary, Primary::Running { .. }) {
+                        timer.start()
+                    } else {
+                        None
+                    };
+                    if let Some(done) = self.settle(out, Some(start), primary_start) {
                         return Poll::Ready(done);
                     }
                 } else {
@@ -324,7 +320,7 @@ where
     fn settle(
         &mut self,
         out: Result<T, E>,
-        start: Instant,
+        start: Option<Instant>,
         primary_running: Option<Instant>,
     ) -> Option<Result<T, BoxError>> {
         let outcome = self.shared.classifier.classify(out.as_ref());
@@ -334,6 +330,12 @@ where
         }
         if outcome.is_success() {
             if let Some(estimator) = self.shared.estimator() {
+                let Some(start) = start else {
+                    // The first attempt answered on its first poll: the
+                    // caller did not wait, and nothing was hedged.
+                    estimator.record_immediate();
+                    return Some(out.map_err(Into::into));
+                };
                 let now = Instant::now();
                 estimator.record(now, now.saturating_duration_since(start));
                 // The attempts that lost are cancelled before they answer:
@@ -364,7 +366,14 @@ where
             return false;
         }
         if !self.launching {
-            if timer.as_mut().poll_elapsed(cx).is_pending() {
+            let shared = &self.shared;
+            let armed = timer.as_mut().poll_elapsed(cx, || {
+                // The caller starts waiting: the hedge delay counts from
+                // here, and a due refresh of the estimate happens here.
+                let now = Instant::now();
+                (now, deadline(now, shared.delay(now)))
+            });
+            if armed.is_pending() {
                 return false;
             }
             if !self.shared.budget.withdraw() {

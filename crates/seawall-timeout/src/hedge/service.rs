@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 
 use seawall_core::{BoxError, Classify, Listener};
 use seawall_retry::{Replay, Staged};
-use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::event::HedgeEvent;
@@ -76,12 +75,11 @@ where
                 request,
                 copy: Some(copy),
             } if hedgeable => {
-                let start = Instant::now();
                 let primary = self.inner.call(request);
                 // The clone is readied in the response future before a
                 // hedge is sent through it.
                 let svc = self.inner.clone();
-                ResponseFuture::racing(primary, start, svc, replay, copy, self.shared.clone())
+                ResponseFuture::racing(primary, svc, replay, copy, self.shared.clone())
             }
             Staged::Ready { request, .. } => ResponseFuture::direct(self.inner.call(request)),
             Staged::Pending(pending) => {

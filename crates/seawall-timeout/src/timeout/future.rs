@@ -24,7 +24,8 @@ pin_project! {
         inner: F,
         #[pin]
         sleep: LazySleep,
-        start: Instant,
+        // Read in `call` when the request carried a deadline.
+        called_at: Option<Instant>,
         timeout: Duration,
         threshold: Duration,
         carried: bool,
@@ -35,8 +36,7 @@ pin_project! {
 impl<F, C, D, L> ResponseFuture<F, C, D, L> {
     pub(crate) fn new(
         inner: F,
-        sleep: LazySleep,
-        start: Instant,
+        called_at: Option<Instant>,
         timeout: Duration,
         threshold: Duration,
         carried: bool,
@@ -44,8 +44,8 @@ impl<F, C, D, L> ResponseFuture<F, C, D, L> {
     ) -> Self {
         Self {
             inner,
-            sleep,
-            start,
+            sleep: LazySleep::new(),
+            called_at,
             timeout,
             threshold,
             carried,
@@ -84,13 +84,26 @@ where
                 .classify(result.as_ref())
                 .is_success()
             {
-                let now = Instant::now();
-                let latency = now.saturating_duration_since(*this.start);
-                this.shared.estimator.record(now, latency);
+                let estimator = &this.shared.estimator;
+                match this.sleep.start() {
+                    Some(start) => {
+                        let now = Instant::now();
+                        estimator.record(now, now.saturating_duration_since(start));
+                    }
+                    // Answered on its first poll: the caller did not wait.
+                    None => estimator.record_immediate(),
+                }
             }
             return Poll::Ready(result.map_err(Into::into));
         }
-        ready!(this.sleep.poll_elapsed(cx));
+        let (called_at, timeout, shared) = (*this.called_at, *this.timeout, &*this.shared);
+        ready!(this.sleep.poll_elapsed(cx, || {
+            let start = called_at.unwrap_or_else(Instant::now);
+            // Due refreshes of the estimate happen here, off the path of
+            // calls that answer at once.
+            shared.estimator.current(start);
+            (start, deadline(start, timeout))
+        }));
         if L::ENABLED {
             this.shared.listener.on_event(&TimeoutEvent::TimedOut {
                 layer: this.shared.name.clone(),
@@ -104,4 +117,12 @@ where
             *this.carried,
         ))))
     }
+}
+
+fn deadline(start: Instant, timeout: Duration) -> Instant {
+    // The threshold is at most a day (validated) and a carried deadline only
+    // ever shortens it; saturate rather than panic all the same.
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + crate::estimator::MAX_SETTING)
 }

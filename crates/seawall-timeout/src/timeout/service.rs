@@ -1,5 +1,6 @@
 //! The adaptive timeout service.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,7 +13,6 @@ use crate::deadline::CarriedDeadline;
 use crate::event::TimeoutEvent;
 use crate::timeout::future::ResponseFuture;
 use crate::timeout::layer::TimeoutShared;
-use crate::timer::LazySleep;
 
 /// A service timed out by an [`AdaptiveTimeoutLayer`](crate::AdaptiveTimeoutLayer).
 pub struct AdaptiveTimeout<S, C, D, L> {
@@ -68,23 +68,24 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let now = Instant::now();
-        let threshold = self.shared.estimator.current(now);
-        let (timeout, carried) = match self.shared.deadlines.remaining(&req, now) {
+        // The clock is read here only for a request that carries a
+        // deadline; otherwise when the call first returns `Pending`.
+        let read = Cell::new(None);
+        let clock = || {
+            let now = Instant::now();
+            read.set(Some(now));
+            now
+        };
+        let remaining = self.shared.deadlines.remaining(&req, &clock);
+        let threshold = self.shared.estimator.cached();
+        let (timeout, carried) = match remaining {
             Some(left) if left < threshold => (left, true),
             _ => (threshold, false),
         };
-        // The threshold is at most a day (validated) and a carried deadline
-        // only ever shortens it, so this cannot overflow in practice; if it
-        // did, the call would wait for the farthest instant tokio knows.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + crate::estimator::MAX_SETTING);
         let fut = self.inner.call(req);
         ResponseFuture::new(
             fut,
-            LazySleep::new(deadline),
-            now,
+            read.get(),
             timeout,
             threshold,
             carried,
