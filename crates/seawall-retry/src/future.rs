@@ -146,15 +146,35 @@ fn start<S: Service<Req>, Req, F, R>(
     }
 }
 
-/// Polls the attempt timer of a `Calling` state whose attempt is pending:
-/// when it goes off, the attempt failed with [`AttemptTimeout`], or, if the
-/// deadline has come, the request with [`DeadlineExceeded`].
+/// Arms the timer of a first attempt that has an attempt timeout or a
+/// deadline. Out of line, so that the success path of a layer with neither
+/// stays small enough to inline.
+#[cold]
+#[inline(never)]
+fn arm_first_attempt<R>(
+    retrying: &mut Option<Pin<Box<Retrying<R>>>>,
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+) {
+    if let Some(end) = attempt_end(timeout, deadline) {
+        Retrying::arm_at(retrying, end);
+    }
+}
+
+/// Polls the attempt timer of a `Calling` state whose attempt is pending, if
+/// the attempt has one (an attempt timeout or a deadline): when it goes off,
+/// the attempt failed with [`AttemptTimeout`], or, if the deadline has come,
+/// the request with [`DeadlineExceeded`].
 #[inline(never)]
 fn attempt_timer<R>(
     retrying: &mut Option<Pin<Box<Retrying<R>>>>,
+    timeout: Option<Duration>,
     deadline: Option<Instant>,
     cx: &mut Context<'_>,
 ) -> Poll<BoxError> {
+    if timeout.is_none() && deadline.is_none() {
+        return Poll::Pending;
+    }
     match retrying.as_mut() {
         Some(retrying) => {
             ready!(retrying.as_mut().project().timer.poll(cx));
@@ -208,8 +228,8 @@ where
                 let fut = service.call(request);
                 let config = config.clone();
                 let mut retrying = None;
-                if let Some(end) = attempt_end(config.attempt_timeout, deadline) {
-                    Retrying::arm_at(&mut retrying, end);
+                if config.attempt_timeout.is_some() || deadline.is_some() {
+                    arm_first_attempt(&mut retrying, config.attempt_timeout, deadline);
                 }
                 Self {
                     state: State::Calling { fut },
@@ -261,12 +281,12 @@ where
         let result = match this.state.as_mut().project() {
             StateProj::Calling { fut } => match fut.poll(cx) {
                 Poll::Ready(result) => result.map_err(Into::into),
-                Poll::Pending
-                    if this.config.attempt_timeout.is_none() && this.deadline.is_none() =>
-                {
-                    return Poll::Pending
-                }
-                Poll::Pending => Err(ready!(attempt_timer(this.retrying, *this.deadline, cx))),
+                Poll::Pending => Err(ready!(attempt_timer(
+                    this.retrying,
+                    this.config.attempt_timeout,
+                    *this.deadline,
+                    cx
+                ))),
             },
             _ => return poll_slow(this, cx, None),
         };
@@ -334,12 +354,12 @@ where
                 }
                 StateProj::Calling { fut } => match fut.poll(cx) {
                     Poll::Ready(result) => result.map_err(Into::into),
-                    Poll::Pending
-                        if this.config.attempt_timeout.is_none() && this.deadline.is_none() =>
-                    {
-                        return Poll::Pending
-                    }
-                    Poll::Pending => Err(ready!(attempt_timer(this.retrying, *this.deadline, cx))),
+                    Poll::Pending => Err(ready!(attempt_timer(
+                        this.retrying,
+                        this.config.attempt_timeout,
+                        *this.deadline,
+                        cx
+                    ))),
                 },
                 StateProj::Waiting => {
                     if let Some(retrying) = this.retrying.as_mut() {
