@@ -9,7 +9,7 @@ use tower::ServiceExt;
 
 use seawall_idempotency::store::StoreFuture;
 use seawall_idempotency::{
-    Claim, Completion, FencingToken, Fingerprint, MemoryStore, Store, StoreError, StoreKey,
+    Claim, Completion, FencingToken, Fingerprint, MemoryStore, Scope, Store, StoreError, StoreKey,
     StoredResponse,
 };
 use suite::Expire;
@@ -488,4 +488,103 @@ async fn a_panic_releases_the_key_before_answering_even_on_a_slow_store() {
     let retry = suite::ok(&svc, suite::req(Some("p"), "{}")).await;
     assert_eq!(retry.status, http::StatusCode::CREATED);
     assert_eq!(h.runs(), 2);
+}
+
+/// Several threads claim and complete overlapping keys in a small store:
+/// each key is claimed at most once (nothing expires, nothing is released),
+/// a completed key always replays its own response, and the bounds hold
+/// throughout. 20,000 operations per thread by default (about a second);
+/// `SEAWALL_STRESS_ITERS` runs longer.
+#[test]
+fn concurrent_claims_keep_every_record_and_the_bounds() {
+    use std::collections::HashSet;
+
+    const THREADS: usize = 4;
+    const KEYS: usize = 3_000;
+    let iters: usize = std::env::var("SEAWALL_STRESS_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let store = MemoryStore::with_limits(1_000, 16 * 64 * 1024).unwrap();
+    let keys: Arc<Vec<StoreKey>> = Arc::new(
+        (0..KEYS)
+            .map(|i| StoreKey::new("stress", Scope::Anonymous, &i.to_string()))
+            .collect(),
+    );
+    let fp = Fingerprint::from_bytes([4; 32]);
+    let day = Duration::from_secs(86_400);
+    let body_of = |i: usize| {
+        // Sizes vary so the byte bound, not only the record bound, bites.
+        bytes::Bytes::from(vec![u8::try_from(i % 251).unwrap(); (i * 37) % 3_000])
+    };
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (store, keys) = (store.clone(), keys.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let mut claimed = Vec::new();
+                let mut n = t;
+                rt.block_on(async {
+                    for _ in 0..iters {
+                        n = (n * 7 + 13) % KEYS;
+                        let key = &keys[n];
+                        match store.claim(key, &fp, day).await {
+                            Ok(Claim::Claimed(token)) => {
+                                claimed.push(n);
+                                let res = StoredResponse::new(
+                                    http::StatusCode::OK,
+                                    &http::HeaderMap::new(),
+                                    body_of(n),
+                                    false,
+                                );
+                                let done = store.complete(key, &token, &fp, &res, day).await;
+                                assert!(matches!(
+                                    done,
+                                    Ok(Completion::Stored | Completion::StoredWithoutBody)
+                                ));
+                            }
+                            Ok(Claim::Completed(res)) => {
+                                assert!(
+                                    res.body() == &body_of(n) || res.body_omitted(),
+                                    "key {n} replays its own response"
+                                );
+                            }
+                            Ok(Claim::InFlight { .. }) => {}
+                            Ok(Claim::Mismatch) => panic!("one fingerprint per key"),
+                            Err(e) => {
+                                assert_eq!(e.kind(), seawall_idempotency::StoreErrorKind::Full)
+                            }
+                        }
+                        assert!(store.len() <= store.capacity());
+                        assert!(store.bytes() <= store.max_bytes());
+                    }
+                });
+                claimed
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for w in workers {
+        for k in w.join().unwrap() {
+            assert!(seen.insert(k), "key {k} was claimed twice");
+        }
+    }
+    assert!(!seen.is_empty());
+    assert!(seen.len() <= store.capacity());
+    // Every claimed key still replays: none was evicted for another.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for &k in &seen {
+            assert!(matches!(
+                store.claim(&keys[k], &fp, day).await,
+                Ok(Claim::Completed(_))
+            ));
+        }
+    });
 }
