@@ -555,7 +555,7 @@ fn concurrent_claims_keep_every_record_and_the_bounds() {
                             Ok(Claim::InFlight { .. }) => {}
                             Ok(Claim::Mismatch) => panic!("one fingerprint per key"),
                             Err(e) => {
-                                assert_eq!(e.kind(), seawall_idempotency::StoreErrorKind::Full)
+                                assert_eq!(e.kind(), seawall_idempotency::StoreErrorKind::Full);
                             }
                         }
                         assert!(store.len() <= store.capacity());
