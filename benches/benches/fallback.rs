@@ -166,5 +166,88 @@ fn success_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, success_path);
+/// The last-known-good tier over HTTP: a request with the headers a browser
+/// sends, a 200 with a 1 KiB body read to the end. What the tier costs per
+/// success: capturing the request (its header map included), judging the
+/// answer, copying it aside and a `moka` insert; or, for a request with
+/// credentials, the capture alone.
+fn http_last_known_good(c: &mut Criterion) {
+    fn request(credentials: bool) -> Request<String> {
+        let mut req = Request::get("/recs/42");
+        for (name, value) in [
+            ("host", "shop.example"),
+            (
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+            ),
+            ("accept", "application/json"),
+            ("accept-encoding", "gzip, br"),
+            ("accept-language", "fr-FR,fr;q=0.9"),
+            ("x-request-id", "5f0c6f3e-5b1e-4c8e-9a59-0d3f0c7e4a21"),
+        ] {
+            req = req.header(name, value);
+        }
+        if credentials {
+            req = req.header("authorization", "Bearer 0123456789abcdef");
+        }
+        req.body(String::new()).expect("valid request")
+    }
+    fn drain<B>(mut body: B) -> usize
+    where
+        B: http_body_util::BodyExt + Unpin,
+    {
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut n = 0;
+        while let std::task::Poll::Ready(Some(Ok(_))) = std::pin::pin!(body.frame()).poll(&mut cx) {
+            n += 1;
+        }
+        n
+    }
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let leaf = move |vary: Option<&'static str>| {
+        let body = body.clone();
+        tower::service_fn(move |_req: Request<String>| {
+            let mut res = Response::new(Full::new(body.clone()));
+            res.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
+            if let Some(vary) = vary {
+                res.headers_mut()
+                    .insert("vary", http::HeaderValue::from_static(vary));
+            }
+            std::future::ready(Ok::<_, std::convert::Infallible>(res))
+        })
+    };
+    let layer = || {
+        FallbackLayer::http()
+            .last_known_good(
+                LastKnownGood::new(),
+                |info: &seawall::fallback::RequestInfo| Some(info.uri().path().to_owned()),
+            )
+            .build()
+            .expect("valid")
+    };
+    let mut group = c.benchmark_group("fallback_http_last_known_good");
+    group.bench_function("bare_leaf_read_to_end", |b| {
+        let mut svc = leaf(None);
+        b.iter(|| black_box(drain(call_now(&mut svc, request(false)).into_body())));
+    });
+    group.bench_function("recorded", |b| {
+        let mut svc = layer().layer(leaf(None));
+        b.iter(|| black_box(drain(call_now(&mut svc, request(false)).into_body())));
+    });
+    group.bench_function("recorded_with_vary", |b| {
+        let mut svc = layer().layer(leaf(Some("Accept-Encoding, Accept-Language")));
+        b.iter(|| black_box(drain(call_now(&mut svc, request(false)).into_body())));
+    });
+    group.bench_function("not_stored_request_with_credentials", |b| {
+        let mut svc = layer().layer(leaf(None));
+        b.iter(|| black_box(drain(call_now(&mut svc, request(true)).into_body())));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, success_path, http_last_known_good);
 criterion_main!(benches);

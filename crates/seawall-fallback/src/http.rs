@@ -269,12 +269,18 @@ impl<C, L> Builder<Http, C, L> {
 ///
 /// It is boxed so that the response future stays small while the inner
 /// service runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequestInfo {
     parts: Box<InfoParts>,
 }
 
-#[derive(Debug, Clone)]
+impl fmt::Debug for RequestInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.parts.fmt(f)
+    }
+}
+
+#[derive(Clone)]
 struct InfoParts {
     method: Method,
     uri: Uri,
@@ -284,6 +290,20 @@ struct InfoParts {
     /// Every request field, when kept for the last-known-good tier and not
     /// already in `headers`.
     request_headers: Option<HeaderMap>,
+}
+
+impl fmt::Debug for InfoParts {
+    /// The captured parts only: the request's full header map, kept for the
+    /// last-known-good tier, holds credentials that must not reach logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestInfo")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("version", &self.version)
+            .field("headers", &self.headers)
+            .field("extensions", &self.extensions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestInfo {
@@ -613,6 +633,10 @@ struct Variant([u8; 32]);
 
 impl Variant {
     fn of(names: &[HeaderName], request: &HeaderMap) -> Self {
+        // No `Vary`: every request matches, and nothing needs hashing.
+        if names.is_empty() {
+            return Self([0; 32]);
+        }
         let mut digest = Sha256::new();
         // Length-prefixed, so that no two different sets of values give
         // the same input.
@@ -1113,6 +1137,21 @@ mod tests {
         assert!(!full.is_end_stream());
         assert_eq!(full.size_hint().exact(), Some(3));
         assert_eq!(format!("{full:?}"), "FallbackBody { kind: \"stored\", .. }");
+    }
+
+    #[test]
+    fn request_info_debug_never_shows_uncaptured_credentials() {
+        let mut mode = Http::default();
+        mode.enable_last_known_good();
+        let req = Request::get("/me")
+            .header("authorization", "Bearer secret-token")
+            .body(())
+            .unwrap();
+        let info = mode.capture(&req);
+        assert!(info.has_credentials());
+        let shown = format!("{info:?}");
+        assert!(!shown.contains("secret-token"), "{shown}");
+        assert!(shown.contains("/me"), "{shown}");
     }
 
     #[test]
