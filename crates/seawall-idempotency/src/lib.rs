@@ -119,7 +119,8 @@
 //!   Redis's `maxmemory` **and `maxmemory-policy noeviction`**: every record
 //!   has a TTL, so a `volatile-*` or `allkeys-*` policy would evict live
 //!   records and let their handlers run twice, whereas `noeviction` makes
-//!   new claims fail (503) when Redis is full.
+//!   new claims fail (503) when Redis is full; `RedisStore::check_eviction_policy`
+//!   verifies it at start-up.
 //! - `store::PostgresStore` (feature `postgres`): a table
 //!   it creates, `INSERT ... ON CONFLICT DO NOTHING` claims, expiry on the
 //!   database clock and a sweep of expired rows. Records live on disk, each
