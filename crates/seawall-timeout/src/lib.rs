@@ -133,14 +133,17 @@
 //! # Cost
 //!
 //! On the path where nothing goes wrong, neither layer locks, boxes or
-//! allocates. The adaptive timeout reads the clock twice (start and end of
-//! the call), reads one cached atomic and records a success with one
-//! relaxed `fetch_add`; the percentile is recomputed from the window at most
-//! once per `refresh` (100 ms). The hedge reads the clock, clones the inner
-//! service and the request (to be able to send it again) and pays one
-//! atomic add into the budget. Neither arms a timer for a call that answers
-//! on its first poll. See the README for the figures against tower's
-//! `Timeout` and `benches/benches/timeout.rs`.
+//! allocates. A call answered on its first poll costs neither layer a clock
+//! read nor a timer: it counts as zero latency (the caller did not wait),
+//! recorded with one relaxed `fetch_add`, and the timeout is a cached atomic.
+//! A call that returns `Pending` reads the clock then and when it ends: the
+//! timeout and the hedge delay count from when the caller starts waiting
+//! (tower's `Timeout` counts from `call`); a request carrying a deadline
+//! reads the clock in `call`. The percentile is recomputed from the window at
+//! most once per `refresh` (100 ms), by one caller. The hedge also clones the
+//! request and the inner service (to be able to send it again) and adds to
+//! the budget. See the README for the figures against tower's `Timeout` and
+//! `benches/benches/timeout.rs`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod deadline;
