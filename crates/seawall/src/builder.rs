@@ -6,7 +6,8 @@ use tower::ServiceBuilder;
     feature = "retry",
     feature = "circuit-breaker",
     feature = "fallback",
-    feature = "rate-limit"
+    feature = "rate-limit",
+    feature = "timeout"
 ))]
 use tower_layer::Stack;
 
@@ -104,6 +105,25 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: crate::rate_limit::RateLimitLayer<D, C, H, Li>,
     ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<D, C, H, Li>, L>>;
+
+    /// Times calls out at a percentile of recent latencies times a
+    /// multiplier; see
+    /// [`AdaptiveTimeoutLayer`](crate::timeout::AdaptiveTimeoutLayer).
+    #[cfg(feature = "timeout")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "timeout")))]
+    fn adaptive_timeout<C, D, Li>(
+        self,
+        layer: crate::timeout::AdaptiveTimeoutLayer<C, D, Li>,
+    ) -> ServiceBuilder<Stack<crate::timeout::AdaptiveTimeoutLayer<C, D, Li>, L>>;
+
+    /// Hedges slow requests that are safe to send twice; see
+    /// [`HedgeLayer`](crate::timeout::HedgeLayer).
+    #[cfg(feature = "timeout")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "timeout")))]
+    fn hedge<P, C, Li>(
+        self,
+        layer: crate::timeout::HedgeLayer<P, C, Li>,
+    ) -> ServiceBuilder<Stack<crate::timeout::HedgeLayer<P, C, Li>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -175,7 +195,56 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<D, C, H, Li>, L>> {
         self.layer(layer)
     }
+
+    #[cfg(feature = "timeout")]
+    fn adaptive_timeout<C, D, Li>(
+        self,
+        layer: crate::timeout::AdaptiveTimeoutLayer<C, D, Li>,
+    ) -> ServiceBuilder<Stack<crate::timeout::AdaptiveTimeoutLayer<C, D, Li>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "timeout")]
+    fn hedge<P, C, Li>(
+        self,
+        layer: crate::timeout::HedgeLayer<P, C, Li>,
+    ) -> ServiceBuilder<Stack<crate::timeout::HedgeLayer<P, C, Li>, L>> {
+        self.layer(layer)
+    }
 }
+
+#[cfg(all(test, feature = "timeout"))]
+mod timeout_tests {
+    use super::ServiceBuilderExt;
+    use crate::timeout::{AdaptiveTimeoutElapsed, AdaptiveTimeoutLayer, HedgeLayer};
+    use crate::BoxError;
+    use std::time::Duration;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_and_hedge_through_the_builder() {
+        let timeout = AdaptiveTimeoutLayer::builder()
+            .initial_timeout(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let hedge = HedgeLayer::builder()
+            .delay(Duration::from_millis(10))
+            .budget_ratio(1.0)
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .adaptive_timeout(timeout)
+            .hedge(hedge)
+            .service(service_fn(|ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, BoxError>(ms)
+            }));
+        assert_eq!(svc.clone().oneshot(5).await.unwrap(), 5);
+        let err = svc.oneshot(500).await.unwrap_err();
+        assert!(err.is::<AdaptiveTimeoutElapsed>(), "{err}");
+    }
+}
+
 
 #[cfg(all(test, feature = "rate-limit"))]
 mod rate_limit_tests {
