@@ -245,7 +245,6 @@ mod timeout_tests {
     }
 }
 
-
 #[cfg(all(test, feature = "rate-limit"))]
 mod rate_limit_tests {
     use super::ServiceBuilderExt;
