@@ -122,6 +122,64 @@ async fn breaker_trip_sets_the_state_gauge_and_counts_the_transition_and_refusal
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn breaker_counts_calls_by_outcome_with_latency() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let layer = CircuitBreakerLayer::builder()
+        .name("search")
+        .listener(MetricsListener::new().with_latency())
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|n: u32| async move {
+        tokio::time::sleep(Duration::from_millis(u64::from(n))).await;
+        match n {
+            // A full bulkhead below: a refusal the breaker ignores.
+            0 => Err::<u32, BoxError>(
+                seawall::Rejected::new(
+                    "bulkhead_full",
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    None,
+                )
+                .into(),
+            ),
+            n if n % 2 == 1 => Err("dependency down".into()),
+            n => Ok(n),
+        }
+    }));
+    for n in [20, 40, 35, 0] {
+        let _ = svc.clone().oneshot(n).await;
+    }
+    // A snapshot drains histograms: read it before the counters.
+    let Some(DebugValue::Histogram(mut seconds)) = value(
+        &snapshotter,
+        "seawall_call_duration_seconds",
+        &[("name", "search"), ("outcome", "success")],
+    ) else {
+        panic!("a latency histogram per outcome");
+    };
+    seconds.sort();
+    let seconds: Vec<f64> = seconds.into_iter().map(|s| s.0).collect();
+    assert_eq!(seconds, [0.02, 0.04]);
+    let outcome = |o: &str| {
+        counter(
+            &snapshotter,
+            "seawall_calls_total",
+            &[
+                ("pattern", "circuit_breaker"),
+                ("name", "search"),
+                ("outcome", o),
+            ],
+        )
+    };
+    assert_eq!(
+        (outcome("success"), outcome("failure"), outcome("ignored")),
+        (2, 1, 1)
+    );
+}
+
 #[tokio::test]
 async fn bulkhead_refusals_are_counted_by_kind_with_occupancy() {
     let recorder = DebuggingRecorder::new();

@@ -416,7 +416,10 @@ impl Breaker {
                 start: self.probe_started(word),
             };
         }
-        let start = if self.slow_call.is_some() && state_of(word) != State::Disabled {
+        // A listener also gets each call's latency (`CallRecorded`).
+        let start = if (self.slow_call.is_some() && state_of(word) != State::Disabled)
+            || self.emit.is_some()
+        {
             self.nanos(Instant::now())
         } else {
             NO_START
@@ -469,6 +472,9 @@ impl Breaker {
     /// Records the outcome of a call admitted with `ticket`.
     #[inline]
     pub(crate) fn record(&self, ticket: &Ticket, outcome: Outcome) {
+        if self.emit.is_some() {
+            self.emit_call(ticket, outcome);
+        }
         if is_closed(ticket.word) {
             self.record_closed(ticket, outcome);
         } else if ticket.is_probe() {
@@ -476,6 +482,14 @@ impl Breaker {
         }
         // Disabled: nothing is recorded. A ticket is never issued in the
         // open states.
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn emit_call(&self, ticket: &Ticket, outcome: Outcome) {
+        let latency = (ticket.start != NO_START)
+            .then(|| Duration::from_nanos(self.nanos(Instant::now()).saturating_sub(ticket.start)));
+        self.emit(EventKind::CallRecorded { outcome, latency });
     }
 
     #[cold]

@@ -1,8 +1,10 @@
 //! The events a circuit breaker emits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use seawall_core::event::{Event, Facts, Severity};
+use seawall_core::Outcome;
 
 use crate::State;
 
@@ -74,6 +76,15 @@ pub enum EventKind {
         /// Failures in a row.
         failures: u64,
     },
+    /// A call the breaker let through finished. Built only when the
+    /// listener is enabled.
+    CallRecorded {
+        /// How the classifier judged it (`Ignore` for a refusal of a
+        /// seawall layer below, which the breaker does not count).
+        outcome: Outcome,
+        /// From the call to its outcome, when the breaker timed the call.
+        latency: Option<Duration>,
+    },
 }
 
 impl CircuitBreakerEvent {
@@ -101,6 +112,7 @@ impl Event for CircuitBreakerEvent {
             EventKind::FailureRateExceeded { .. } => "failure_rate_exceeded",
             EventKind::SlowCallRateExceeded { .. } => "slow_call_rate_exceeded",
             EventKind::ConsecutiveFailuresExceeded { .. } => "consecutive_failures_exceeded",
+            EventKind::CallRecorded { .. } => "call_recorded",
         }
     }
 
@@ -112,7 +124,7 @@ impl Event for CircuitBreakerEvent {
         match self.kind {
             EventKind::StateTransition { to, .. } if to.is_open() => Severity::Warn,
             EventKind::StateTransition { .. } => Severity::Info,
-            EventKind::CallRejected { .. } => Severity::Debug,
+            EventKind::CallRejected { .. } | EventKind::CallRecorded { .. } => Severity::Debug,
             _ => Severity::Warn,
         }
     }
@@ -127,6 +139,17 @@ impl Event for CircuitBreakerEvent {
                 Facts::NONE.transition(from.as_str(), to.as_str())
             }
             EventKind::CallRejected { .. } => Facts::NONE.refusal(crate::CircuitOpen::KIND),
+            EventKind::CallRecorded { outcome, latency } => {
+                let facts = Facts::NONE.outcome(match outcome {
+                    Outcome::Success => "success",
+                    Outcome::Failure => "failure",
+                    Outcome::Ignore => "ignored",
+                });
+                match latency {
+                    Some(latency) => facts.latency(latency),
+                    None => facts,
+                }
+            }
             _ => Facts::NONE,
         }
     }
