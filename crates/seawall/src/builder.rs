@@ -7,7 +7,8 @@ use tower::ServiceBuilder;
     feature = "circuit-breaker",
     feature = "fallback",
     feature = "rate-limit",
-    feature = "timeout"
+    feature = "timeout",
+    feature = "chaos"
 ))]
 use tower_layer::Stack;
 
@@ -124,6 +125,41 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: crate::timeout::HedgeLayer<P, C, Li>,
     ) -> ServiceBuilder<Stack<crate::timeout::HedgeLayer<P, C, Li>, L>>;
+
+    /// Injects faults (latency, errors, HTTP or gRPC answers, hangs) into
+    /// the calls to the services below; see
+    /// [`ChaosLayer`](crate::chaos::ChaosLayer). Take the layer's
+    /// `handle()` before passing it in to switch faults at run time.
+    ///
+    /// ```
+    /// use seawall::chaos::{ChaosLayer, Fault, InjectedFault};
+    /// use seawall::{BoxError, ServiceBuilderExt};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let chaos = ChaosLayer::builder()
+    ///     .seed(1)
+    ///     .fault(Fault::error().rate(1.0))
+    ///     .build()
+    ///     .unwrap();
+    /// let handle = chaos.handle();
+    /// let svc = ServiceBuilder::new()
+    ///     .chaos(chaos)
+    ///     .service_fn(|n: u32| async move { Ok::<_, BoxError>(n) });
+    /// let err = svc.clone().oneshot(1).await.unwrap_err();
+    /// assert!(err.is::<InjectedFault>());
+    ///
+    /// handle.disable();
+    /// assert_eq!(svc.oneshot(2).await.unwrap(), 2);
+    /// # }
+    /// ```
+    #[cfg(feature = "chaos")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+    fn chaos<P, Li>(
+        self,
+        layer: crate::chaos::ChaosLayer<P, Li>,
+    ) -> ServiceBuilder<Stack<crate::chaos::ChaosLayer<P, Li>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -209,6 +245,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::timeout::HedgeLayer<P, C, Li>,
     ) -> ServiceBuilder<Stack<crate::timeout::HedgeLayer<P, C, Li>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "chaos")]
+    fn chaos<P, Li>(
+        self,
+        layer: crate::chaos::ChaosLayer<P, Li>,
+    ) -> ServiceBuilder<Stack<crate::chaos::ChaosLayer<P, Li>, L>> {
         self.layer(layer)
     }
 }
