@@ -510,3 +510,26 @@ fn invalid_settings_are_config_errors() {
         "floor"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_hedge_waits_for_the_inner_service_to_be_ready() {
+    let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
+    handle.allow(1);
+    let layer = fixed(10 * MS, 1);
+    let mut svc = ServiceBuilder::new().layer(layer).service(mock);
+    let fut = tokio::spawn(svc.ready().await.unwrap().call(7));
+    let (first, _first_reply) = handle.next_request().await.unwrap();
+    assert_eq!(first, 7);
+    // The delay passes, but the inner service has no capacity: the hedge
+    // waits inside the response future instead of being sent.
+    tokio::time::advance(30 * MS).await;
+    tokio::task::yield_now().await;
+    assert!(tokio::time::timeout(MS, handle.next_request())
+        .await
+        .is_err());
+    handle.allow(1);
+    let (again, reply) = handle.next_request().await.unwrap();
+    assert_eq!(again, 7, "the hedge, once the service is ready");
+    reply.send_response(70);
+    assert_eq!(fut.await.unwrap().unwrap(), 70);
+}
