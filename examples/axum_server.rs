@@ -32,7 +32,9 @@ use hyper_util::rt::TokioExecutor;
 use seawall::circuit_breaker::{CircuitBreakerLayer, State};
 use seawall::fallback::FallbackLayer;
 use seawall::health::HealthRegistry;
-use seawall::{stack, BoxError, HttpClassifier, ServiceBuilderExt};
+use seawall::{
+    stack, BoxError, BulkheadHandle, CircuitBreakerHandle, HttpClassifier, ServiceBuilderExt,
+};
 use tokio::sync::watch;
 use tower::ServiceBuilder;
 
@@ -73,7 +75,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         .max_concurrent(2)
         .timeout(Duration::from_secs(5))
         .build()?;
-    let bulkhead = server.bulkhead();
+    let bulkhead: BulkheadHandle = server.bulkhead();
 
     let breaker = CircuitBreakerLayer::builder()
         .name("prices")
@@ -83,7 +85,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         .failure_rate_threshold(0.5)
         .open_duration(Duration::from_secs(60))
         .build()?;
-    let prices = breaker.handle();
+    let prices: CircuitBreakerHandle = breaker.handle();
     let fallback = FallbackLayer::http()
         .name("prices")
         .value(Response::new(Bytes::from_static(

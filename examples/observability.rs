@@ -4,7 +4,8 @@
 //!
 //! The layers take `(MetricsListener, TracingListener)` as their listener:
 //! every event is counted in the metrics operators alert on (the breaker's
-//! state gauge, transitions with `from`/`to`, refusals by kind, ...) and
+//! state gauge, transitions with `from`/`to`, calls by outcome with their
+//! durations, refusals by kind, ...) and
 //! logged with the fields `pattern`, `name`, `event`, `from`, `to`. The
 //! Prometheus recorder comes from `metrics-exporter-prometheus`, and the
 //! server exposes its text on `/metrics`, as a Prometheus server would
@@ -132,6 +133,8 @@ pub(crate) async fn run(prometheus: PrometheusHandle) -> Result<String, BoxError
         sample(&scrape, "seawall_state_transitions_total", &transition),
         Some(1.0)
     );
+    let failed = [("name", "orders-db"), ("outcome", "failure")];
+    assert_eq!(sample(&scrape, "seawall_calls_total", &failed), Some(3.0));
     let refused = [("name", "orders-db"), ("kind", "circuit_open")];
     assert_eq!(
         sample(&scrape, "seawall_rejections_total", &refused),

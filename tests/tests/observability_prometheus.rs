@@ -117,6 +117,12 @@ async fn a_scrape_shows_the_breaker_trip_and_its_recovery() {
         Some(1.0),
         "{text}"
     );
+    let failed = [("name", "payments"), ("outcome", "failure")];
+    assert_eq!(
+        sample(&text, "seawall_calls_total", &failed),
+        Some(2.0),
+        "{text}"
+    );
     let rejected = [("name", "payments"), ("kind", "circuit_open")];
     assert_eq!(
         sample(&text, "seawall_rejections_total", &rejected),
