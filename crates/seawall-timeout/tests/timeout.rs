@@ -392,3 +392,31 @@ async fn calls_answered_at_once_count_as_zero_latency() {
     assert_eq!(layer.timeout(), Duration::from_millis(10));
     assert_eq!(layer.samples(), 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_above_counts_timeouts_as_failures() {
+    use seawall_circuit_breaker::{CircuitBreakerLayer, CircuitOpen};
+    let breaker = CircuitBreakerLayer::builder()
+        .consecutive_failures(3)
+        .open_duration(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let timeout = AdaptiveTimeoutLayer::builder()
+        .initial_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(breaker)
+        .layer(timeout)
+        .service(dependency());
+    for _ in 0..3 {
+        let err = svc
+            .clone()
+            .oneshot(Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(err.is::<AdaptiveTimeoutElapsed>(), "{err}");
+    }
+    let err = svc.oneshot(MS).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>(), "three timeouts trip it: {err}");
+}
