@@ -654,6 +654,18 @@ fn invalid_settings_are_config_errors() {
         .build()
         .unwrap_err();
     assert_eq!(capacity.field(), "capacity");
+    // Before, `moka` panicked at build time on a staleness over 1000 years.
+    let forever = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new().max_staleness(Duration::MAX), by_uri)
+        .build()
+        .unwrap_err();
+    assert_eq!(forever.field(), "max_staleness");
+    assert_eq!(forever.reason(), "must be at most 365 days");
+    let bytes = FallbackLayer::http()
+        .last_known_good(LastKnownGood::new().max_bytes(0), by_uri)
+        .build()
+        .unwrap_err();
+    assert_eq!(bytes.field(), "max_bytes");
     let name = FallbackLayer::http()
         .name("")
         .value(Response::new(Bytes::new()))
