@@ -3,7 +3,8 @@
 //! A flaky dependency behind a circuit breaker: failures trip it, callers
 //! then fail fast with a `Retry-After` hint instead of waiting on the
 //! dependency, and after the open duration one probe closes it again. A
-//! second part shows keyed mode: one breaker per host.
+//! second part shows keyed mode: one breaker per host; a third, a bulkhead
+//! under the breaker whose refusals are not counted as failures.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -91,5 +92,37 @@ async fn main() -> Result<(), BoxError> {
     for (host, state) in states {
         println!("  {host}: {state}");
     }
+
+    println!("a burst of 10 on a healthy dependency behind a bulkhead of 2:");
+    let breaker = CircuitBreakerLayer::builder()
+        .count_window(10)
+        .minimum_calls(5)
+        .build()?;
+    let handle = breaker.handle();
+    let svc = tower::ServiceBuilder::new()
+        .layer(breaker)
+        .layer(
+            seawall::bulkhead::BulkheadLayer::builder()
+                .max_concurrent(2)
+                .build()?,
+        )
+        .service(service_fn(|n: u32| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, BoxError>(n)
+        }));
+    let burst: Vec<_> = (0..10)
+        .map(|n| tokio::spawn(svc.clone().oneshot(n)))
+        .collect();
+    let mut shed = 0;
+    for call in burst {
+        if call.await?.is_err() {
+            shed += 1;
+        }
+    }
+    let m = handle.metrics();
+    println!(
+        "  {shed} shed by the bulkhead; breaker {} with {} calls and {} failures in its window",
+        m.state, m.calls, m.failures
+    );
     Ok(())
 }
