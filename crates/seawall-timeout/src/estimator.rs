@@ -304,4 +304,31 @@ mod tests {
             "{value:?}"
         );
     }
+
+    proptest::proptest! {
+        /// The percentile read from the histogram is within half a bucket
+        /// (1/64, 1.6%) of the exact order statistic of the same samples.
+        #[test]
+        fn quantiles_are_within_two_percent(
+            samples in proptest::collection::vec(0u64..50_000_000, 1..2_000),
+            q in 0.01f64..0.999,
+        ) {
+            let window = LatencyWindow::new(2, 1_000_000);
+            for &s in &samples {
+                window.record(0, s);
+            }
+            let mut histogram = [0u64; BUCKETS];
+            let total = window.collect(0, &mut histogram);
+            proptest::prop_assert_eq!(total, samples.len() as u64);
+            let mut sorted = samples.clone();
+            sorted.sort_unstable();
+            let rank = ((q * total as f64).ceil() as usize).clamp(1, sorted.len());
+            let exact = sorted[rank - 1] as f64;
+            let estimate = quantile(&histogram, total, q) as f64;
+            proptest::prop_assert!(
+                (estimate - exact).abs() <= (exact / 64.0).max(0.5),
+                "q {} exact {} estimate {}", q, exact, estimate
+            );
+        }
+    }
 }
