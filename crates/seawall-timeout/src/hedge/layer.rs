@@ -68,6 +68,10 @@ impl<P, C, L> HedgeShared<P, C, L> {
 /// Every service made by a layer (and every clone of one) shares its
 /// latency window and its hedge budget.
 ///
+/// The delay counts from the first poll of the response future that finds
+/// the first attempt pending. Each hedge is a clone of the inner service,
+/// readied inside the response future before the hedge is sent.
+///
 /// See the [crate documentation](crate) for the defaults and an example.
 pub struct HedgeLayer<P = CloneRequests, C = ErrorsFail, L = NoopListener> {
     shared: Arc<HedgeShared<P, C, L>>,

@@ -31,6 +31,11 @@ pub(crate) struct TimeoutShared<C, D, L> {
 /// Every service made by a layer (and every clone of one) shares its latency
 /// window, so the estimate learns from all the traffic to the dependency.
 ///
+/// The timeout counts from the first poll of the response future that finds
+/// the call pending (when the caller starts waiting), or from `call` when
+/// the request carries a deadline. A call answered on its first poll reads
+/// no clock, arms no timer and counts as a latency of zero.
+///
 /// - `C` decides which results feed the estimate: only
 ///   [`Outcome::Success`](seawall_core::Outcome::Success) does
 ///   ([`ErrorsFail`] by default: every `Ok`).
