@@ -143,3 +143,8 @@ pub type BulkheadHandle = Handle;
 pub use priority::{HeaderPriority, NoPriority, ParsePriorityError, Prioritize, Priority};
 pub use registry::PoolRegistry;
 pub use service::Bulkhead;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -147,3 +147,8 @@ pub use layer::{ChaosBuilder, ChaosLayer};
 pub use protocol::{Http, Plain};
 pub use schedule::Schedule;
 pub use service::Chaos;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

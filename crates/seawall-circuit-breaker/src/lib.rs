@@ -138,3 +138,8 @@ pub use layer::{Builder, CircuitBreakerLayer};
 pub use open_duration::OpenDuration;
 pub use service::CircuitBreaker;
 pub use state::State;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
