@@ -169,6 +169,29 @@ async fn over_long_keys_share_the_overflow_key() {
     cleanup(&mut conn, &prefix).await;
 }
 
+#[tokio::test]
+async fn wait_mode_waits_for_the_server_to_admit() {
+    let Some(mut conn) = connect().await else {
+        return;
+    };
+    let prefix = unique_prefix("wait");
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::global("all", Quota::per_second(10).burst(1)))
+        .wait(Duration::from_secs(2))
+        .redis(backend(&prefix))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(ok_service());
+    send(&mut svc, req("a")).await.unwrap();
+    let started = Instant::now();
+    send(&mut svc, req("a")).await.unwrap();
+    let waited = started.elapsed();
+    // One unit comes back every 100 ms on the server's clock.
+    assert!(waited >= Duration::from_millis(80), "{waited:?}");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    cleanup(&mut conn, &prefix).await;
+}
+
 /// A port nothing listens on.
 fn closed_port_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
