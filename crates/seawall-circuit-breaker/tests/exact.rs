@@ -361,3 +361,32 @@ async fn metrics_only_records_and_reports_but_never_refuses() {
         .all(|e| matches!(e, EventKind::FailureRateExceeded { .. })));
     assert_eq!(events.len(), 4, "{events:?}");
 }
+
+/// Absurd durations in every setter saturate: building and using the
+/// breaker never overflows or panics.
+#[tokio::test(start_paused = true)]
+async fn absurd_durations_never_overflow() {
+    let max = Duration::MAX;
+    let built = CircuitBreakerLayer::builder()
+        .time_window(max, 10)
+        .slow_call_duration(max)
+        .max_half_open_wait(max)
+        .open_duration(max)
+        .minimum_calls(1)
+        .key_idle_timeout(max)
+        .build();
+    let layer = built.expect("absurd durations saturate");
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(backend));
+    let _ = svc.clone().oneshot(true).await;
+    assert_eq!(handle.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let err = svc.clone().oneshot(false).await.unwrap_err();
+    assert!(err.is::<seawall_circuit_breaker::CircuitOpen>());
+    let m = handle.metrics();
+    assert!(m.open_remaining.is_some());
+    handle.force_open();
+    let _ = svc.clone().oneshot(false).await.unwrap_err();
+    handle.reset();
+    svc.clone().oneshot(false).await.unwrap();
+}
