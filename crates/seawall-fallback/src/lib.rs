@@ -273,3 +273,8 @@ pub use mode::{Capture, CaptureWith, Mode, NoCapture, Plain, Recorder, Respond};
 pub use redis::RedisLastKnownGood;
 pub use service::Fallback;
 pub use tier::{Cause, CauseKind, Degraded, Rejections, Tier};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
