@@ -23,6 +23,7 @@ fn colour(kind: StackKind) -> RGBColor {
         StackKind::Tower => RGBColor(214, 96, 39),
         StackKind::TowerResilience => RGBColor(148, 103, 189),
         StackKind::Seawall => RGBColor(31, 119, 180),
+        StackKind::SeawallHedge => RGBColor(44, 160, 44),
     }
 }
 

@@ -41,6 +41,20 @@ impl Latency {
                 let sigma = (p99.0.as_secs_f64() / median.0.as_secs_f64()).ln() / Z99;
                 (mu + sigma * normal(rng)).exp()
             }
+            Latency::Mixture {
+                min,
+                max,
+                slow_share,
+                slow_factor,
+            } => {
+                let (a, b) = (min.0.as_secs_f64(), max.0.as_secs_f64());
+                let fast = a + (b - a) * rng.random::<f64>();
+                if rng.random::<f64>() < slow_share {
+                    fast * slow_factor
+                } else {
+                    fast
+                }
+            }
         };
         Duration::from_secs_f64(secs.clamp(0.0, 3600.0))
     }
@@ -56,6 +70,15 @@ impl Latency {
             Latency::Lognormal { median, p99 } => {
                 let sigma = (p99.0.as_secs_f64() / median.0.as_secs_f64()).ln() / Z99;
                 median.0.as_secs_f64() * (sigma * sigma / 2.0).exp()
+            }
+            Latency::Mixture {
+                min,
+                max,
+                slow_share,
+                slow_factor,
+            } => {
+                f64::midpoint(min.0.as_secs_f64(), max.0.as_secs_f64())
+                    * (1.0 + slow_share * (slow_factor - 1.0))
             }
         };
         Duration::from_secs_f64(secs)
@@ -236,5 +259,25 @@ mod tests {
         assert!((p99 - 80.0).abs() < 8.0, "{p99}");
         let mean = v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len() as f64;
         assert!((mean - l.mean().as_secs_f64()).abs() < 0.001);
+    }
+
+    #[test]
+    fn mixture_has_its_slow_share() {
+        let l = Latency::Mixture {
+            min: Dur(Duration::from_millis(5)),
+            max: Dur(Duration::from_millis(10)),
+            slow_share: 0.02,
+            slow_factor: 50.0,
+        };
+        let mut r = rng(5, 2);
+        let v: Vec<Duration> = (0..50_000).map(|_| l.sample(&mut r)).collect();
+        let slow = v.iter().filter(|d| **d > Duration::from_millis(10)).count();
+        let share = slow as f64 / v.len() as f64;
+        assert!((share - 0.02).abs() < 0.003, "{share}");
+        assert!(v.iter().all(|d| *d >= Duration::from_millis(5)));
+        assert!(v.iter().all(|d| *d <= Duration::from_millis(500)));
+        assert!(v.iter().any(|d| *d >= Duration::from_millis(450)));
+        let mean = v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len() as f64;
+        assert!((mean - l.mean().as_secs_f64()).abs() < 0.0005, "{mean}");
     }
 }

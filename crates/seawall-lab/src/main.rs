@@ -13,7 +13,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use seawall_lab::real::run_real;
 use seawall_lab::run::{run_scenario, ScenarioResult};
 use seawall_lab::scenario::Scenario;
-use seawall_lab::stacks::StackKind;
 use seawall_lab::{chart, report};
 
 /// Runs failure scenarios (outage, brownout, overload, retry storm, slow
@@ -97,7 +96,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
         return Ok(());
     }
-    let bar = ProgressBar::new((scenarios.len() * StackKind::ALL.len()) as u64);
+    let bar = ProgressBar::new(scenarios.iter().map(|s| s.stacks().len()).sum::<usize>() as u64);
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());
         bar.set_style(
@@ -115,9 +114,9 @@ fn run(args: &Args) -> Result<(), String> {
     for s in &scenarios {
         bar.set_message(s.name.clone());
         let result = if args.real {
-            run_real(s, args.seed, &StackKind::ALL, real_seconds, |_| bar.inc(1))
+            run_real(s, args.seed, &s.stacks(), real_seconds, |_| bar.inc(1))
         } else {
-            run_scenario(s, args.seed, &StackKind::ALL, |_| bar.inc(1))
+            run_scenario(s, args.seed, &s.stacks(), |_| bar.inc(1))
         }
         .map_err(|e| format!("scenario {}: {e}", s.name))?;
         results.push(result);

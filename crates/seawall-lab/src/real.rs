@@ -85,7 +85,7 @@ pub fn run_real(
             let recorder = Recorder::new(arrivals.len(), s.upstream.len());
             let mut routes = Vec::new();
             for (route, spec) in s.upstream.iter().enumerate() {
-                let addr = serve(spec, seed, route, &recorder, kind == StackKind::Seawall).await?;
+                let addr = serve(spec, seed, route, &recorder, kind.is_seawall()).await?;
                 let client = http_client(addr);
                 routes.push(link(spec, seed, route, &recorder, client));
             }

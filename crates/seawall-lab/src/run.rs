@@ -116,7 +116,7 @@ async fn drive(
         seed,
         &recorder,
         injector,
-        kind == StackKind::Seawall,
+        kind.is_seawall(),
     )?;
     let routes = (0..scenario.upstream.len())
         .map(|r| upstreams.route(r))

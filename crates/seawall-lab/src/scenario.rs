@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
+use crate::stacks::StackKind;
+
 /// The default suite, embedded so that the binary runs from anywhere.
 pub const DEFAULT_SCENARIOS: &[(&str, &str)] = &[
     ("outage", include_str!("../scenarios/outage.toml")),
@@ -22,6 +24,7 @@ pub const DEFAULT_SCENARIOS: &[(&str, &str)] = &[
         "duplicate-posts",
         include_str!("../scenarios/duplicate-posts.toml"),
     ),
+    ("slow-tail", include_str!("../scenarios/slow-tail.toml")),
 ];
 
 /// A scenario file that could not be read, parsed or validated.
@@ -259,6 +262,19 @@ pub enum Latency {
         /// 99th percentile (at least the median).
         p99: Dur,
     },
+    /// A mixture: uniform in `[min, max]`, except that a share `slow_share`
+    /// of the calls takes `slow_factor` times as long (a slow tail: a GC
+    /// pause, a cold cache, a noisy neighbour).
+    Mixture {
+        /// Shortest fast call.
+        min: Dur,
+        /// Longest fast call.
+        max: Dur,
+        /// Share of the calls in the slow mode.
+        slow_share: f64,
+        /// How many times longer a slow call takes.
+        slow_factor: f64,
+    },
 }
 
 /// A fault window `[start, end)` of one upstream.
@@ -319,6 +335,44 @@ pub struct ClientSettings {
     /// How long the breakers stay open.
     #[serde(default = "default_breaker_open")]
     pub breaker_open: Dur,
+    /// When set, the run adds the stack "seawall + hedge": seawall's stack
+    /// with a `HedgeLayer` under the attempt timeout.
+    #[serde(default)]
+    pub hedge: Option<HedgeSettings>,
+}
+
+/// The `HedgeLayer` of the stack "seawall + hedge" (`[client.hedge]`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeSettings {
+    /// Hedge after this percentile of the recent successful latencies
+    /// (the layer's default, 0.95), unless `delay` is set.
+    #[serde(default = "default_hedge_percentile")]
+    pub percentile: f64,
+    /// Hedge after this fixed delay instead.
+    #[serde(default)]
+    pub delay: Option<Dur>,
+    /// Hedges may add at most this share of the requests (the layer's
+    /// default, 0.05).
+    #[serde(default = "default_hedge_budget")]
+    pub budget: f64,
+}
+
+impl Default for HedgeSettings {
+    fn default() -> Self {
+        Self {
+            percentile: default_hedge_percentile(),
+            delay: None,
+            budget: default_hedge_budget(),
+        }
+    }
+}
+
+fn default_hedge_percentile() -> f64 {
+    0.95
+}
+fn default_hedge_budget() -> f64 {
+    0.05
 }
 
 impl Default for ClientSettings {
@@ -331,6 +385,7 @@ impl Default for ClientSettings {
             concurrency: default_concurrency(),
             queue_wait: default_queue_wait(),
             breaker_open: default_breaker_open(),
+            hedge: None,
         }
     }
 }
@@ -419,6 +474,17 @@ impl Scenario {
             None => Some((s, e)),
             Some((a, b)) => Some((a.min(s), b.max(e))),
         })
+    }
+
+    /// The stacks this scenario runs through, in table order: every
+    /// [`StackKind::ALL`], plus "seawall + hedge" when `[client.hedge]` is
+    /// set.
+    pub fn stacks(&self) -> Vec<StackKind> {
+        let mut kinds = StackKind::ALL.to_vec();
+        if self.client.hedge.is_some() {
+            kinds.push(StackKind::SeawallHedge);
+        }
+        kinds
     }
 
     /// Multiplies arrival rates and upstream capacities by `factor` (and
@@ -529,12 +595,24 @@ impl Scenario {
                 return Err(format!("{at}.capacity must be in 1..=100000"));
             }
             match up.latency {
-                Latency::Uniform { min, max } if min > max => {
+                Latency::Uniform { min, max } | Latency::Mixture { min, max, .. } if min > max => {
                     return Err(format!("{at}.latency: min ({min}) above max ({max})"));
                 }
                 Latency::Lognormal { median, p99 } if p99 < median || median.0.is_zero() => {
                     return Err(format!(
                         "{at}.latency: need 0 < median ({median}) <= p99 ({p99})"
+                    ));
+                }
+                Latency::Mixture { slow_share, .. } if !(0.0..=1.0).contains(&slow_share) => {
+                    return Err(format!(
+                        "{at}.latency.slow_share must be in [0, 1], got {slow_share}"
+                    ));
+                }
+                Latency::Mixture { slow_factor, .. }
+                    if !(slow_factor.is_finite() && (1.0..=10_000.0).contains(&slow_factor)) =>
+                {
+                    return Err(format!(
+                        "{at}.latency.slow_factor must be in [1, 10000], got {slow_factor}"
                     ));
                 }
                 _ => {}
@@ -591,6 +669,25 @@ impl Scenario {
         }
         if c.total_timeout < c.attempt_timeout {
             return Err("client.total_timeout must be at least client.attempt_timeout".to_owned());
+        }
+        if let Some(h) = c.hedge {
+            if !(h.percentile > 0.0 && h.percentile < 1.0) {
+                return Err(format!(
+                    "client.hedge.percentile must be in (0, 1), got {}",
+                    h.percentile
+                ));
+            }
+            if !(h.budget > 0.0 && h.budget <= 1.0) {
+                return Err(format!(
+                    "client.hedge.budget must be in (0, 1], got {}",
+                    h.budget
+                ));
+            }
+            if h.delay
+                .is_some_and(|d| d.0.is_zero() || d.0 > Duration::from_secs(10))
+            {
+                return Err("client.hedge.delay must be in (0, 10s]".to_owned());
+            }
         }
         Ok(())
     }

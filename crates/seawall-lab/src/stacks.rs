@@ -12,16 +12,17 @@ use seawall_core::event::FnListener;
 use seawall_core::BoxError;
 use seawall_fallback::FallbackLayer;
 use seawall_retry::{Backoff, Jitter, JitterRetryLayer, RetryBudget};
+use seawall_timeout::{CloneRequests, HedgeLayer};
 use serde::Serialize;
 use tokio::time::sleep;
 use tower::limit::ConcurrencyLimitLayer;
 use tower::retry::{Policy, RetryLayer};
 use tower::timeout::TimeoutLayer;
 use tower::util::BoxCloneService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use crate::recorder::Recorder;
-use crate::scenario::ClientSettings;
+use crate::scenario::{ClientSettings, HedgeSettings};
 use crate::upstream::{Call, Reply, SimService};
 
 /// A client stack.
@@ -42,6 +43,9 @@ pub enum StackKind {
     /// seawall: fallback → retry with budget → circuit breaker → bulkhead →
     /// per-attempt timeout.
     Seawall,
+    /// seawall's stack with a `HedgeLayer` under the per-attempt timeout
+    /// (run only by scenarios with `[client.hedge]`).
+    SeawallHedge,
 }
 
 impl StackKind {
@@ -60,7 +64,14 @@ impl StackKind {
             StackKind::Tower => "tower built-ins",
             StackKind::TowerResilience => "tower-resilience",
             StackKind::Seawall => "seawall",
+            StackKind::SeawallHedge => "seawall + hedge",
         }
+    }
+
+    /// A seawall stack: its upstream's handler sits behind
+    /// `IdempotencyLayer` and its breaker's state is recorded.
+    pub fn is_seawall(self) -> bool {
+        matches!(self, StackKind::Seawall | StackKind::SeawallHedge)
     }
 }
 
@@ -84,7 +95,15 @@ pub fn build(
         StackKind::None => inner,
         StackKind::Tower => tower_stack(settings, inner, seed),
         StackKind::TowerResilience => tower_resilience_stack(settings, inner)?,
-        StackKind::Seawall => seawall_stack(settings, inner, recorder, breaker_index, seed)?,
+        StackKind::Seawall => seawall_stack(settings, None, inner, recorder, breaker_index, seed)?,
+        StackKind::SeawallHedge => seawall_stack(
+            settings,
+            Some(settings.hedge.unwrap_or_default()),
+            inner,
+            recorder,
+            breaker_index,
+            seed,
+        )?,
     })
 }
 
@@ -213,8 +232,29 @@ fn tower_resilience_stack(s: &ClientSettings, inner: SimService) -> Result<SimSe
     ))
 }
 
+/// Whether a call may be sent twice: anything but a `POST` without an
+/// `Idempotency-Key`.
+fn safe_to_repeat(call: &Call) -> bool {
+    !call.post || call.idempotency_key
+}
+
+/// A `HedgeLayer` over `inner`: after the percentile (or fixed delay) of
+/// `h`, one more attempt of a call safe to send twice, within the budget.
+fn hedged(h: HedgeSettings, inner: SimService) -> Result<SimService, BoxError> {
+    let builder = HedgeLayer::builder()
+        .name("lab")
+        .policy(CloneRequests::new().when(safe_to_repeat as fn(&Call) -> bool))
+        .budget_ratio(h.budget);
+    let layer = match h.delay {
+        Some(d) => builder.delay(d.0).build()?,
+        None => builder.percentile(h.percentile).build()?,
+    };
+    Ok(BoxCloneService::new(layer.layer(inner)))
+}
+
 fn seawall_stack(
     s: &ClientSettings,
+    hedge: Option<HedgeSettings>,
     inner: SimService,
     recorder: &Recorder,
     breaker_index: usize,
@@ -259,6 +299,12 @@ fn seawall_stack(
         .max_queue(s.concurrency)
         .max_wait(s.queue_wait.0)
         .build()?;
+    // The hedge sits under the attempt timeout: the timeout bounds the
+    // hedged pair, and the breaker, bulkhead and retry above see one call.
+    let inner = match hedge {
+        Some(h) => hedged(h, inner)?,
+        None => inner,
+    };
     let stack = ServiceBuilder::new()
         .layer(fallback)
         .layer(retry)
