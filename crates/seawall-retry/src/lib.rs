@@ -145,3 +145,8 @@ pub use service::JitterRetry;
 
 #[doc(no_inline)]
 pub use seawall_core::{Classify, ErrorsFail, HttpClassifier};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
