@@ -140,14 +140,19 @@ fn cancel_queue(c: &mut Criterion) {
                         .max_concurrent(1)
                         .max_queue(n)
                         .max_wait(None)
-                        .priority(|r: &Req| Priority::ALL[(r[0] % 3) as usize])
+                        .priority(|r: &Req| match r[0] % 3 {
+                            0 => Priority::Critical,
+                            1 => Priority::Normal,
+                            _ => Priority::Sheddable,
+                        })
                         .build()
                         .expect("valid config");
                     let mut svc = layer.layer(Leaf);
                     // Never polled: the first holds the only permit, the
                     // rest wait in the queue.
                     let holder = svc.call([0; 4]);
-                    let waiters: Vec<_> = (0..n as u64).map(|i| svc.call([i, 0, 0, 0])).collect();
+                    let waiters: Vec<_> =
+                        (0u64..).take(n).map(|i| svc.call([i, 0, 0, 0])).collect();
                     assert_eq!(layer.handle().queued(), n);
                     (holder, waiters)
                 },
