@@ -722,6 +722,84 @@ impl Breaker {
         }
     }
 
+    /// The settings, for the fleet sync.
+    #[cfg(feature = "redis")]
+    pub(crate) fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The state word and what the window of the last closed period holds
+    /// (one consistent snapshot of the window), for the fleet sync. Off the
+    /// request path.
+    #[cfg(feature = "redis")]
+    pub(crate) fn fleet_snapshot(&self) -> (u64, Counts) {
+        let word = self.state.load(Ordering::Acquire);
+        (word, self.window().counts(self.nanos(Instant::now())))
+    }
+
+    /// The fleet's word: opens the breaker until `until`, or moves the end
+    /// of its open period there if it is open already. Forced-open,
+    /// disabled and metrics-only breakers are an operator's choice and are
+    /// left alone. Returns the state left when the breaker moved.
+    #[cfg(feature = "redis")]
+    pub(crate) fn fleet_open_until(&self, until: Instant, fleet_epoch: u64) -> Option<State> {
+        if self.cfg.metrics_only {
+            return None;
+        }
+        let mut control = self.control();
+        let current = self.state.load(Ordering::Acquire);
+        let until = self.nanos(until);
+        match state_of(current) {
+            State::Open => {
+                // Same open period: callers read either end, both decided.
+                self.open_until.store(until, Ordering::Relaxed);
+                None
+            }
+            from @ (State::Closed | State::HalfOpen) => {
+                // `apply` publishes an open period of the configured (non-zero)
+                // length before the fleet's end replaces it: a caller that
+                // reads the first end is refused too.
+                self.apply(&mut control, current, State::Open);
+                self.open_until.store(until, Ordering::Relaxed);
+                drop(control);
+                self.announce(from, State::Open, None);
+                self.emit(EventKind::FleetStateApplied {
+                    from,
+                    to: State::Open,
+                    fleet_epoch,
+                });
+                Some(from)
+            }
+            State::ForcedOpen | State::Disabled => None,
+        }
+    }
+
+    /// The fleet's word: closes an open or half-open breaker (after a
+    /// healthy half-open verdict published by another replica). Returns the
+    /// state left when the breaker moved.
+    #[cfg(feature = "redis")]
+    pub(crate) fn fleet_close(&self, fleet_epoch: u64) -> Option<State> {
+        if self.cfg.metrics_only {
+            return None;
+        }
+        let mut control = self.control();
+        let current = self.state.load(Ordering::Acquire);
+        match state_of(current) {
+            from @ (State::Open | State::HalfOpen) => {
+                self.apply(&mut control, current, State::Closed);
+                drop(control);
+                self.announce(from, State::Closed, None);
+                self.emit(EventKind::FleetStateApplied {
+                    from,
+                    to: State::Closed,
+                    fleet_epoch,
+                });
+                Some(from)
+            }
+            State::Closed | State::ForcedOpen | State::Disabled => None,
+        }
+    }
+
     pub(crate) fn metrics(&self) -> Metrics {
         let control = self.control();
         let word = self.state.load(Ordering::Acquire);

@@ -85,6 +85,18 @@ pub enum EventKind {
         /// From the call to its outcome, when the breaker timed the call.
         latency: Option<Duration>,
     },
+    /// The fleet's shared state moved this breaker (feature `redis`, see
+    /// `FleetSync`): a trip or a half-open verdict published by the fleet.
+    /// Comes right after the `StateTransition` it caused.
+    FleetStateApplied {
+        /// The state it left.
+        from: State,
+        /// The state it entered.
+        to: State,
+        /// The fleet's epoch of the decision (grows with every fleet
+        /// state change).
+        fleet_epoch: u64,
+    },
 }
 
 impl CircuitBreakerEvent {
@@ -113,6 +125,7 @@ impl Event for CircuitBreakerEvent {
             EventKind::SlowCallRateExceeded { .. } => "slow_call_rate_exceeded",
             EventKind::ConsecutiveFailuresExceeded { .. } => "consecutive_failures_exceeded",
             EventKind::CallRecorded { .. } => "call_recorded",
+            EventKind::FleetStateApplied { .. } => "fleet_state_applied",
         }
     }
 
@@ -123,7 +136,9 @@ impl Event for CircuitBreakerEvent {
     fn severity(&self) -> Severity {
         match self.kind {
             EventKind::StateTransition { to, .. } if to.is_open() => Severity::Warn,
-            EventKind::StateTransition { .. } => Severity::Info,
+            EventKind::StateTransition { .. } | EventKind::FleetStateApplied { .. } => {
+                Severity::Info
+            }
             EventKind::CallRejected { .. } | EventKind::CallRecorded { .. } => Severity::Debug,
             _ => Severity::Warn,
         }
@@ -135,7 +150,8 @@ impl Event for CircuitBreakerEvent {
 
     fn facts(&self) -> Facts {
         match self.kind {
-            EventKind::StateTransition { from, to } => {
+            EventKind::StateTransition { from, to }
+            | EventKind::FleetStateApplied { from, to, .. } => {
                 Facts::NONE.transition(from.as_str(), to.as_str())
             }
             EventKind::CallRejected { .. } => Facts::NONE.refusal(crate::CircuitOpen::KIND),

@@ -95,7 +95,7 @@ impl Handle {
         }
     }
 
-    fn breaker(&self) -> &Breaker {
+    pub(crate) fn breaker(&self) -> &Breaker {
         self.shared.breaker()
     }
 

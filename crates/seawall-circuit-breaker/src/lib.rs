@@ -116,6 +116,9 @@
 mod breaker;
 mod error;
 mod event;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 mod future;
 mod handle;
 mod keyed;
@@ -128,6 +131,9 @@ mod window;
 
 pub use error::{CircuitOpen, KeyedRegistryFull};
 pub use event::{CircuitBreakerEvent, EventKind};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use fleet::{FleetHandle, FleetSync, FleetView};
 pub use future::ResponseFuture;
 pub use handle::{Handle, Metrics};
 /// [`Handle`] under a name that reads apart from a bulkhead's handle, for
