@@ -318,3 +318,47 @@ fn seawall_stack(
         call
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Sends `call` through a hedge (fixed 10 ms) over a dependency that
+    /// takes 100 ms; returns how many times the dependency saw it.
+    async fn sends(call: Call) -> u32 {
+        let seen = Arc::new(AtomicU32::new(0));
+        let counter = seen.clone();
+        let slow: SimService = BoxCloneService::new(tower::service_fn(move |_: Call| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                sleep(Duration::from_millis(100)).await;
+                Ok::<_, BoxError>(Reply { degraded: false })
+            }
+        }));
+        let settings = HedgeSettings {
+            delay: Some(crate::scenario::Dur(Duration::from_millis(10))),
+            // Budget for the first hedge: each request deposits a share.
+            budget: 1.0,
+            ..HedgeSettings::default()
+        };
+        let svc = hedged(settings, slow).unwrap();
+        svc.oneshot(call).await.unwrap();
+        seen.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_without_a_key_is_never_hedged() {
+        let call = |post, idempotency_key| Call {
+            id: 1,
+            route: 0,
+            post,
+            idempotency_key,
+        };
+        assert_eq!(sends(call(false, false)).await, 2, "a GET is hedged");
+        assert_eq!(sends(call(true, true)).await, 2, "a keyed POST is hedged");
+        assert_eq!(sends(call(true, false)).await, 1, "a bare POST is not");
+    }
+}

@@ -213,3 +213,64 @@ fn same_seed_same_figures() {
     let c = serde_json::to_string(&run(&s, 10, &[StackKind::Seawall])).unwrap();
     assert_ne!(a, c);
 }
+
+fn check_slow_tail(seed: u64) {
+    let s = scenario("slow-tail");
+    let budget = s.client.hedge.unwrap().budget;
+    let r = run(&s, seed, &[StackKind::Seawall, StackKind::SeawallHedge]);
+    let plain = overall(&r, StackKind::Seawall);
+    let hedged = overall(&r, StackKind::SeawallHedge);
+    // Nothing fails: neither stack needs a fallback.
+    assert!(plain.ok_pct > 99.99 && hedged.ok_pct > 99.99, "seed {seed}");
+    // Without a hedge the slow mode (250-500 ms) is the p99.9; with one,
+    // a slow call is overtaken by its copy: p99.9 falls at least tenfold.
+    let (before, after) = (plain.p999_ms.unwrap(), hedged.p999_ms.unwrap());
+    assert!(
+        before > 250.0,
+        "seed {seed}: p99.9 without hedging {before} ms"
+    );
+    assert!(
+        after * 10.0 <= before,
+        "seed {seed}: p99.9 {before} ms → {after} ms with hedging"
+    );
+    assert!(
+        hedged.p99_ms.unwrap() * 10.0 <= plain.p99_ms.unwrap(),
+        "seed {seed}: p99 {:?} → {:?}",
+        plain.p99_ms,
+        hedged.p99_ms
+    );
+    // The fast path is untouched.
+    assert!(
+        (hedged.p50_ms.unwrap() - plain.p50_ms.unwrap()).abs() <= 1.0,
+        "seed {seed}"
+    );
+    // The extra load stays within the hedge budget, and hedges did fire.
+    assert!(
+        (plain.attempts_per_request - 1.0).abs() < 1e-9,
+        "seed {seed}"
+    );
+    let extra = hedged.attempts_per_request - 1.0;
+    assert!(
+        extra > 0.005 && extra <= budget,
+        "seed {seed}: hedges added {extra} attempts per request (budget {budget})"
+    );
+}
+
+#[test]
+fn slow_tail_hedging_cuts_p999_tenfold_within_its_budget() {
+    check_slow_tail(SEED);
+}
+
+#[test]
+fn slow_tail_claims_hold_at_other_seeds() {
+    OTHER_SEEDS.into_iter().for_each(check_slow_tail);
+}
+
+#[test]
+fn only_scenarios_with_a_hedge_run_the_hedged_stack() {
+    assert_eq!(
+        scenario("slow-tail").stacks().last(),
+        Some(&StackKind::SeawallHedge)
+    );
+    assert_eq!(scenario("outage").stacks(), StackKind::ALL.to_vec());
+}
