@@ -113,3 +113,8 @@ pub use limit::{BuiltLimit, Decide, Global, KeyFn, KeyGuard, Limit, LimitSet};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis;
 pub use service::RateLimit;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
