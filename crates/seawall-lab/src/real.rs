@@ -37,7 +37,8 @@ use crate::run::{drive_with, ScenarioResult, StackResult};
 use crate::scenario::{Dur, Scenario, Upstream as UpstreamSpec};
 use crate::stacks::StackKind;
 use crate::upstream::{
-    chaos_faults, chaos_seed, link, Call, Reply, SimService, UpstreamError, Workers,
+    chaos_faults, chaos_seed, idempotency_store, link, Call, Reply, SimService, UpstreamError,
+    Workers,
 };
 
 /// Compresses a scenario in time so that arrivals last at most `max`:
@@ -85,7 +86,14 @@ pub fn run_real(
             let recorder = Recorder::new(arrivals.len(), s.upstream.len());
             let mut routes = Vec::new();
             for (route, spec) in s.upstream.iter().enumerate() {
-                let addr = serve(spec, seed, route, &recorder, kind.is_seawall()).await?;
+                let addr = serve(
+                    spec,
+                    seed,
+                    route,
+                    &recorder,
+                    kind.is_seawall().then_some(arrivals.len()),
+                )
+                .await?;
                 let client = http_client(addr);
                 routes.push(link(spec, seed, route, &recorder, client));
             }
@@ -150,7 +158,7 @@ async fn serve(
     seed: u64,
     route: usize,
     recorder: &Recorder,
-    idempotent: bool,
+    idempotent: Option<usize>,
 ) -> Result<SocketAddr, BoxError> {
     let workers = Workers::start(spec, seed, route, recorder);
     let mut chaos = ChaosLayer::builder()
@@ -165,9 +173,10 @@ async fn serve(
     let mut app = Router::new()
         .route("/call", any(handle))
         .with_state(workers);
-    if idempotent {
+    if let Some(keys) = idempotent {
         let idempotency = IdempotencyLayer::builder()
             .name(spec.name.clone())
+            .store(idempotency_store(keys)?)
             .build()?;
         app = app.layer(
             ServiceBuilder::new()

@@ -116,7 +116,7 @@ async fn drive(
         seed,
         &recorder,
         injector,
-        kind.is_seawall(),
+        kind.is_seawall().then_some(arrivals.len()),
     )?;
     let routes = (0..scenario.upstream.len())
         .map(|r| upstreams.route(r))

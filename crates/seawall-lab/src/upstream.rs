@@ -23,7 +23,7 @@ use rand::rngs::SmallRng;
 use rand::Rng;
 use seawall_chaos::{ChaosLayer, Fault, Latency as ChaosLatency, Schedule};
 use seawall_core::BoxError;
-use seawall_idempotency::{IdempotencyLayer, RequestBody};
+use seawall_idempotency::{IdempotencyLayer, MemoryStore, RequestBody};
 use tokio::sync::Semaphore;
 use tokio::time::{sleep, sleep_until, Instant};
 use tower::util::BoxCloneService;
@@ -170,20 +170,22 @@ pub struct UpstreamSet {
 }
 
 impl UpstreamSet {
-    /// One service per upstream. With `idempotent`, `POST`s carrying a key
-    /// reach the handler through seawall's `IdempotencyLayer`.
+    /// One service per upstream. With `idempotent` (`Some(keys)`: the most
+    /// keys the run can create), `POST`s carrying a key reach the handler
+    /// through seawall's `IdempotencyLayer`, over a store sized by
+    /// [`idempotency_store`].
     pub fn build(
         specs: &[UpstreamSpec],
         seed: u64,
         recorder: &Recorder,
         injector: &dyn Injector,
-        idempotent: bool,
+        idempotent: Option<usize>,
     ) -> Result<Self, BoxError> {
         let services = specs
             .iter()
             .enumerate()
             .map(|(route, spec)| {
-                let server = server(spec, seed, route, recorder, idempotent);
+                let server = server(spec, seed, route, recorder, idempotent)?;
                 let faulty = injector.wrap(spec, seed, route, server)?;
                 Ok(link(spec, seed, route, recorder, faulty))
             })
@@ -307,8 +309,8 @@ fn server(
     seed: u64,
     route: usize,
     recorder: &Recorder,
-    idempotent: bool,
-) -> SimService {
+    idempotent: Option<usize>,
+) -> Result<SimService, BoxError> {
     let workers = Workers::start(spec, seed, route, recorder);
     let detached = {
         let workers = workers.clone();
@@ -320,9 +322,9 @@ fn server(
             })
         }
     };
-    if !idempotent {
-        return BoxCloneService::new(tower::service_fn(detached));
-    }
+    let Some(keys) = idempotent else {
+        return Ok(BoxCloneService::new(tower::service_fn(detached)));
+    };
     let handler = {
         let workers = workers.clone();
         tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
@@ -346,33 +348,53 @@ fn server(
             }
         })
     };
-    // The layer's settings are fixed and valid.
     let layer = IdempotencyLayer::builder()
         .name("orders")
-        .build()
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .store(idempotency_store(keys)?)
+        .build()?;
     let idempotency = layer.layer(handler);
-    BoxCloneService::new(tower::service_fn(move |call: Call| {
-        if !(call.post && call.idempotency_key) {
-            return detached(call);
-        }
-        let svc = idempotency.clone();
-        Box::pin(async move {
-            let mut req = Request::post("/orders")
-                .header("idempotency-key", format!("\"order-{}\"", call.id))
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| -> BoxError { Box::new(e) })?;
-            req.extensions_mut().insert(call);
-            let res = svc.oneshot(req).await?;
-            if res.status().is_success() {
-                Ok(Reply { degraded: false })
-            } else if res.status().is_server_error() {
-                Err(UpstreamError::UNAVAILABLE.into())
-            } else {
-                Err(UpstreamError::REFUSED.into())
+    Ok(BoxCloneService::new(tower::service_fn(
+        move |call: Call| {
+            if !(call.post && call.idempotency_key) {
+                return detached(call);
             }
-        })
-    }))
+            let svc = idempotency.clone();
+            Box::pin(async move {
+                let mut req = Request::post("/orders")
+                    .header("idempotency-key", format!("\"order-{}\"", call.id))
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| -> BoxError { Box::new(e) })?;
+                req.extensions_mut().insert(call);
+                let res = svc.oneshot(req).await?;
+                if res.status().is_success() {
+                    Ok(Reply { degraded: false })
+                } else if res.status().is_server_error() {
+                    Err(UpstreamError::UNAVAILABLE.into())
+                } else {
+                    Err(UpstreamError::REFUSED.into())
+                }
+            })
+        },
+    )))
+}
+
+/// The idempotency store of seawall's runs, with room for `keys` live
+/// records in *each* of its shards.
+///
+/// A default [`MemoryStore`] holds 10,000 live records (625 per shard) and
+/// keeps each for the default retention of 24 h, so a run creating more
+/// keys than that would see `503 idempotency_store_full` refusals: the
+/// store's bound, not the layer's behaviour. The lab keeps the default
+/// retention (every record outlives the run, so no late retry can run a
+/// handler twice) and raises the bound instead: `16 × keys` records (and
+/// 512 bytes each), so that even if every key hashed to one shard it would
+/// fit. That is a bound, not an allocation.
+pub fn idempotency_store(keys: usize) -> Result<MemoryStore, BoxError> {
+    let records = keys.saturating_mul(16).max(MemoryStore::DEFAULT_CAPACITY);
+    let bytes = records
+        .saturating_mul(512)
+        .max(MemoryStore::DEFAULT_MAX_BYTES);
+    Ok(MemoryStore::with_limits(records, bytes)?)
 }
 
 /// Wraps a route's service in the client's connection pool: a call waits
@@ -387,4 +409,19 @@ pub fn pooled(pool: Option<Arc<Semaphore>>, inner: SimService) -> SimService {
             inner.oneshot(call).await
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_has_room_for_every_key_in_each_shard() {
+        let small = idempotency_store(100).unwrap();
+        assert_eq!(small.capacity(), MemoryStore::DEFAULT_CAPACITY);
+        assert_eq!(small.max_bytes(), MemoryStore::DEFAULT_MAX_BYTES);
+        let big = idempotency_store(15_000).unwrap();
+        assert_eq!(big.capacity(), 16 * 15_000);
+        assert!(big.max_bytes() >= 16 * 15_000 * 512);
+    }
 }
