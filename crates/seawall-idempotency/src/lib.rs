@@ -224,3 +224,8 @@ pub(crate) fn fuzz_config() -> proptest::test_runner::Config {
         .unwrap_or(512);
     proptest::test_runner::Config::with_cases(cases)
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
