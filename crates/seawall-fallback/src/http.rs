@@ -79,6 +79,12 @@ pub type AlternativeResponse = Response<UnsyncBoxBody<Bytes, BoxError>>;
 ///   (§5.2.2.7) — except, with a key that includes the principal, for an
 ///   answer to a request that carried credentials; a `Cache-Control` value
 ///   that is not readable text counts as forbidding;
+/// - the response's `Cache-Control` has none of the directives that forbid
+///   serving it stale without validation (§4.2.4): `no-cache` (with or
+///   without a field list), `must-revalidate`, `proxy-revalidate` or
+///   `s-maxage` (any value). The tier answers exactly when the origin
+///   cannot validate, so such an answer is never stored, however long its
+///   freshness lifetime (`stale-if-error` is not read);
 /// - the response carries no `Set-Cookie`: it is per-user by nature;
 /// - its `Vary` is not `*` (§4.1) and names only valid field names.
 ///
@@ -576,6 +582,13 @@ struct CacheControl {
     /// `private`, with or without a field list (§5.2.2.7): either way the
     /// response was meant for one user.
     private: bool,
+    /// A directive that forbids serving the response stale, i.e. without
+    /// validating it with the origin first (§4.2.4): `no-cache` with or
+    /// without a field list (§5.2.2.4), `must-revalidate` (§5.2.2.2),
+    /// `proxy-revalidate` (§5.2.2.8) or `s-maxage` (§5.2.2.10, which
+    /// applies to a shared cache such as this tier). A last-known-good
+    /// answer is served exactly when the origin cannot validate it.
+    no_stale: bool,
 }
 
 fn cache_control(headers: &HeaderMap) -> CacheControl {
@@ -593,6 +606,16 @@ fn cache_control(headers: &HeaderMap) -> CacheControl {
                 found.no_store = true;
             } else if name.eq_ignore_ascii_case("private") {
                 found.private = true;
+            } else if [
+                "no-cache",
+                "must-revalidate",
+                "proxy-revalidate",
+                "s-maxage",
+            ]
+            .iter()
+            .any(|forbids| name.eq_ignore_ascii_case(forbids))
+            {
+                found.no_stale = true;
             }
         }
     }
@@ -666,7 +689,7 @@ fn storable_variant(
     }
     let directives = cache_control(&parts.headers);
     let private_ok = key_includes_principal && info.has_credentials();
-    if directives.no_store || (directives.private && !private_ok) {
+    if directives.no_store || directives.no_stale || (directives.private && !private_ok) {
         return None;
     }
     let names = vary_names(&parts.headers)?;
@@ -979,8 +1002,26 @@ mod tests {
         assert!(cc(&["no-store"]).no_store);
         assert!(cc(&["max-age=0 , NO-STORE"]).no_store);
         assert!(cc(&["public", "no-store"]).no_store);
-        assert_eq!(cc(&["no-cache, max-age=60"]), CacheControl::default());
+        assert_eq!(cc(&["max-age=60, public"]), CacheControl::default());
         assert_eq!(cc(&["x-no-store-hint"]), CacheControl::default());
+        assert_eq!(
+            cc(&["x-no-cache-hint, s-maxage-ish"]),
+            CacheControl::default()
+        );
+        // Each forbids serving stale (RFC 9111 §4.2.4): never stored.
+        for value in [
+            "no-cache",
+            "No-Cache, max-age=60",
+            "no-cache=\"set-cookie\"",
+            "max-age=0, must-revalidate",
+            "max-age=0, PROXY-REVALIDATE",
+            "public, s-maxage=600",
+            "s-maxage = 0",
+        ] {
+            let found = cc(&[value]);
+            assert!(found.no_stale && !found.no_store, "{value}");
+        }
+        assert!(cc(&["public", "must-revalidate"]).no_stale);
         assert_eq!(cache_control(&HeaderMap::new()), CacheControl::default());
         assert!(cc(&["Private"]).private);
         assert!(cc(&["max-age=60, private=\"set-cookie, x-user\""]).private);

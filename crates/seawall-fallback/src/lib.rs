@@ -109,6 +109,10 @@
 //!   `Proxy-Authorization`, `Cookie`) is stored, nor one marked
 //!   `Cache-Control: private` or `no-store`, nor one that sets a cookie,
 //!   nor one with `Vary: *`;
+//! - no answer whose `Cache-Control` forbids serving it stale without
+//!   validation (`no-cache`, `must-revalidate`, `proxy-revalidate`,
+//!   `s-maxage`; RFC 9111 §4.2.4) is stored: the tier serves exactly when
+//!   the origin cannot validate;
 //! - only `200`, `203` and `204` answers the classifier calls a success
 //!   replace a stored entry: a `401`, `403`, `404` or `5xx` never replaces
 //!   nor removes one;

@@ -1,0 +1,133 @@
+//! What the last-known-good tier must never store or replay, whatever the
+//! classifier says: answers that forbid reuse without validation (RFC 9111
+//! §4.2.4), gRPC answers (their status is in trailers, or they are
+//! trailers-only errors), and answers whose `Vary` would be lost.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use seawall_core::BoxError;
+use seawall_fallback::{FallbackBody, FallbackLayer, LastKnownGood, RequestInfo};
+use tower::util::BoxCloneSyncService;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+type Answer = Box<dyn Fn() -> Response<Full<Bytes>> + Send + Sync>;
+
+/// What the dependency answers next.
+#[derive(Clone)]
+struct Next(Arc<Mutex<Answer>>);
+
+impl Next {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Box::new(|| resp(200, &[], "")))))
+    }
+
+    fn set(&self, f: impl Fn() -> Response<Full<Bytes>> + Send + Sync + 'static) {
+        *self.0.lock().unwrap() = Box::new(f);
+    }
+
+    fn service(&self) -> BoxCloneSyncService<Request<()>, Response<Full<Bytes>>, BoxError> {
+        let next = self.clone();
+        BoxCloneSyncService::new(service_fn(move |_req: Request<()>| {
+            let res = (next.0.lock().unwrap())();
+            async move { Ok::<_, BoxError>(res) }
+        }))
+    }
+}
+
+fn resp(
+    status: u16,
+    headers: &[(&'static str, &'static str)],
+    body: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *res.status_mut() = StatusCode::from_u16(status).unwrap();
+    for (name, value) in headers {
+        res.headers_mut()
+            .append(*name, HeaderValue::from_static(value));
+    }
+    res
+}
+
+fn by_path(info: &RequestInfo) -> Option<String> {
+    Some(info.uri().path().to_owned())
+}
+
+/// Calls the layer over the dependency once: the tier that answered (from
+/// `seawall-degraded`) and the body.
+async fn call<L>(layer: &L, next: &Next, req: Request<()>) -> (Option<String>, String)
+where
+    L: Layer<BoxCloneSyncService<Request<()>, Response<Full<Bytes>>, BoxError>>,
+    L::Service:
+        Service<Request<()>, Response = Response<FallbackBody<Full<Bytes>>>, Error = BoxError>,
+{
+    let res = layer.layer(next.service()).oneshot(req).await.unwrap();
+    let tier = res
+        .headers()
+        .get("seawall-degraded")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (tier, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn layer() -> FallbackLayer<seawall_fallback::Http, seawall_core::HttpClassifier> {
+    FallbackLayer::http()
+        .last_known_good(LastKnownGood::new(), by_path)
+        .value(Response::new(Bytes::from_static(b"static")))
+        .build()
+        .unwrap()
+}
+
+fn get(path: &str) -> Request<()> {
+    Request::get(path).body(()).unwrap()
+}
+
+/// RFC 9111 §4.2.4: "A cache MUST NOT generate a stale response if it is
+/// prohibited by an explicit in-protocol directive (e.g., by a no-cache
+/// response directive, a must-revalidate response directive, or an
+/// applicable s-maxage or proxy-revalidate response directive)". A
+/// last-known-good answer is served exactly when the origin cannot validate
+/// it, so none of these is stored.
+#[tokio::test]
+async fn answers_that_forbid_reuse_without_validation_are_never_replayed() {
+    let mut leaked = Vec::new();
+    for cc in [
+        "no-cache",
+        "max-age=0, must-revalidate",
+        "max-age=0, proxy-revalidate",
+        "s-maxage=0",
+        "public, max-age=60, s-maxage=600",
+        "max-age=3600, must-revalidate",
+        "no-cache=\"set-cookie\", max-age=0, must-revalidate",
+        "No-Cache=\"x-user\"",
+    ] {
+        let next = Next::new();
+        let layer = layer();
+        next.set(move || resp(200, &[("cache-control", cc)], "balance: 1000"));
+        let (tier, body) = call(&layer, &next, get("/account")).await;
+        assert_eq!((tier, body.as_str()), (None, "balance: 1000"));
+        next.set(|| resp(503, &[], "down"));
+        let (tier, body) = call(&layer, &next, get("/account")).await;
+        if tier.as_deref() != Some("static") {
+            leaked.push(format!("{cc:?} -> {tier:?} {body:?}"));
+        }
+    }
+    assert!(
+        leaked.is_empty(),
+        "replayed without validation: {leaked:#?}"
+    );
+
+    // A plain freshness lifetime does not forbid serving stale: still stored.
+    let next = Next::new();
+    let layer = layer();
+    next.set(|| resp(200, &[("cache-control", "public, max-age=0")], "prices"));
+    call(&layer, &next, get("/prices")).await;
+    next.set(|| resp(503, &[], "down"));
+    let (tier, body) = call(&layer, &next, get("/prices")).await;
+    assert_eq!(
+        (tier.as_deref(), body.as_str()),
+        (Some("last-known-good"), "prices")
+    );
+}
