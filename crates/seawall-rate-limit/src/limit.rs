@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, RwLockWriteGuard};
 
 use seawall_core::ConfigError;
 
@@ -291,7 +291,7 @@ impl<A: LimitSet, B: LimitSet> LimitSet for (A, B) {
 
 /// One limit's key, locked for a decision.
 pub struct KeyGuard<'a, K> {
-    shard: MutexGuard<'a, Shard<K>>,
+    shard: RwLockWriteGuard<'a, Shard<K>>,
     slot: Slot,
 }
 
@@ -319,6 +319,24 @@ pub trait Decide<Req>: Send + Sync + 'static {
     where
         Self: 'a;
 
+    /// How many limits decide.
+    #[doc(hidden)]
+    const LIMITS: usize;
+
+    /// The whole decision. One limit moves its key's TAT with a
+    /// compare-and-swap under its shard's shared lock; several lock every
+    /// key exclusively ([`decide_locked`]).
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn decide(
+        &self,
+        req: &Req,
+        now: u64,
+        cost: u64,
+        fallback: bool,
+        report: Option<&mut dyn FnMut(LimitView<'_>)>,
+    ) -> Decision;
+
     #[doc(hidden)]
     #[allow(private_interfaces)]
     fn lock<'a>(&'a self, req: &Req, now: u64, fallback: bool) -> Self::Guard<'a>;
@@ -339,6 +357,21 @@ pub trait Decide<Req>: Send + Sync + 'static {
 
 impl<Req> Decide<Req> for () {
     type Guard<'a> = ();
+
+    const LIMITS: usize = 0;
+
+    #[allow(private_interfaces)]
+    fn decide(
+        &self,
+        _req: &Req,
+        _now: u64,
+        _cost: u64,
+        _fallback: bool,
+        _report: Option<&mut dyn FnMut(LimitView<'_>)>,
+    ) -> Decision {
+        // No limit refuses.
+        Decision::Admit
+    }
 
     #[allow(private_interfaces)]
     fn lock(&self, _req: &Req, _now: u64, _fallback: bool) {}
@@ -362,6 +395,56 @@ where
     F: KeyFn<Req, Key = K>,
 {
     type Guard<'a> = KeyGuard<'a, K>;
+
+    const LIMITS: usize = 1;
+
+    #[inline]
+    #[allow(private_interfaces)]
+    fn decide(
+        &self,
+        req: &Req,
+        now: u64,
+        cost: u64,
+        fallback: bool,
+        report: Option<&mut dyn FnMut(LimitView<'_>)>,
+    ) -> Decision {
+        let key = self.key_fn.key(req);
+        let (gcra, registry) = match (&self.fallback, fallback) {
+            (Some((gcra, registry)), true) => (*gcra, registry),
+            _ => (self.gcra, &self.registry),
+        };
+        let (decision, tat) = registry.update(&key, now, |tat| match gcra.check(tat, now, cost) {
+            Verdict::Conforms { new_tat } => (Some(new_tat), (Decision::Admit, new_tat)),
+            Verdict::WaitNanos(wait) => (
+                None,
+                (
+                    Decision::Refuse {
+                        wait: Some(wait),
+                        limit: 0,
+                    },
+                    tat,
+                ),
+            ),
+            Verdict::Never => (
+                None,
+                (
+                    Decision::Refuse {
+                        wait: None,
+                        limit: 0,
+                    },
+                    tat,
+                ),
+            ),
+        });
+        if let Some(report) = report {
+            report(LimitView {
+                name: &self.name,
+                gcra,
+                tat,
+            });
+        }
+        decision
+    }
 
     #[allow(private_interfaces)]
     fn lock<'a>(&'a self, req: &Req, now: u64, fallback: bool) -> Self::Guard<'a> {
@@ -420,6 +503,28 @@ impl<Req, A: Decide<Req>, B: Decide<Req>> Decide<Req> for (A, B) {
     where
         Self: 'a;
 
+    const LIMITS: usize = A::LIMITS + B::LIMITS;
+
+    #[inline]
+    #[allow(private_interfaces)]
+    fn decide(
+        &self,
+        req: &Req,
+        now: u64,
+        cost: u64,
+        fallback: bool,
+        report: Option<&mut dyn FnMut(LimitView<'_>)>,
+    ) -> Decision {
+        // The builder nests pairs from `()`: one limit is `((), limit)`.
+        if A::LIMITS == 0 {
+            self.1.decide(req, now, cost, fallback, report)
+        } else if B::LIMITS == 0 {
+            self.0.decide(req, now, cost, fallback, report)
+        } else {
+            decide_locked(self, req, now, cost, fallback, report)
+        }
+    }
+
     #[allow(private_interfaces)]
     fn lock<'a>(&'a self, req: &Req, now: u64, fallback: bool) -> Self::Guard<'a> {
         // Always in the same order (the order the limits were added), so two
@@ -460,9 +565,23 @@ pub(crate) enum Decision {
     },
 }
 
-/// Decides for every limit at once, under their locks: either every limit
-/// takes the request's cost, or none does.
+/// Decides for every limit at once: either every limit takes the request's
+/// cost, or none does.
+#[inline]
 pub(crate) fn decide<Req, D: Decide<Req>>(
+    limits: &D,
+    req: &Req,
+    now: u64,
+    cost: u64,
+    fallback: bool,
+    report: Option<&mut dyn FnMut(LimitView<'_>)>,
+) -> Decision {
+    limits.decide(req, now, cost, fallback, report)
+}
+
+/// Decides for several limits under their keys' exclusive locks: either
+/// every limit takes the request's cost, or none does.
+fn decide_locked<Req, D: Decide<Req>>(
     limits: &D,
     req: &Req,
     now: u64,

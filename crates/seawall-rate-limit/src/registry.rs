@@ -1,11 +1,22 @@
 //! The bounded registry of one limit's keys.
 //!
 //! Keys live in shards, each a slab of cells (the key, its hash and its
-//! theoretical arrival time, TAT) indexed by a `hashbrown::HashTable` of
-//! cell numbers, under a short mutex. The key is hashed once: the hash picks
-//! the shard and probes its table, and each key is stored once, in its cell.
-//! A shard owns an equal share of the registry's capacity in entries and in
-//! bytes.
+//! theoretical arrival time, TAT, in an `AtomicU64`) indexed by a
+//! `hashbrown::HashTable` of cell numbers, under a reader-writer lock. The
+//! key is hashed once: the hash picks the shard and probes its table, and
+//! each key is stored once, in its cell. A shard owns an equal share of the
+//! registry's capacity in entries and in bytes.
+//!
+//! A decision for a key that has a cell takes the shard's lock *shared*
+//! ([`Registry::update`]) and moves the TAT with a compare-and-swap, so
+//! decisions for the keys of one shard (or for one hot key) do not wait for
+//! each other; a failed swap means another decision moved the TAT first, and
+//! the decision is made again against the new TAT, so every admission is
+//! computed from the TAT the previous one left: exact. Only inserting a key
+//! (and with it the sweep below) takes the lock exclusively; so does a
+//! decision over several limits ([`Registry::lock`]), which must hold every
+//! limit's TAT still while it checks them all. No TAT changes while a shard
+//! is locked exclusively.
 //!
 //! A key whose TAT has passed has a full bucket, which is exactly the state
 //! of a key never seen: removing it loses nothing. So "idle" needs no timer:
@@ -29,9 +40,10 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::mem;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::key::RateKey;
 
@@ -52,7 +64,7 @@ pub(crate) enum Slot {
 struct Cell<K> {
     key: Option<K>,
     hash: u64,
-    tat: u64,
+    tat: AtomicU64,
 }
 
 pub(crate) struct Shard<K> {
@@ -61,7 +73,12 @@ pub(crate) struct Shard<K> {
     free: Vec<u32>,
     hand: usize,
     bytes: usize,
-    overflow_tat: u64,
+    overflow_tat: AtomicU64,
+    /// The latest `now` at which a sweep freed a cell. A new cell starts no
+    /// earlier than this: a decision that read the clock before the sweep
+    /// and locked the shard after it must not find a fresher bucket than
+    /// the freed one (whose TAT was at most this).
+    swept_at: u64,
     max_entries: usize,
     max_bytes: usize,
     max_key_bytes: usize,
@@ -74,18 +91,41 @@ impl<K: RateKey> Shard<K> {
         mem::size_of::<Cell<K>>() + mem::size_of::<u32>() + 1 + key.heap_bytes()
     }
 
+    /// The TAT of `slot`, to change under the exclusive lock.
     pub(crate) fn tat_mut(&mut self, slot: Slot) -> &mut u64 {
         match slot {
-            Slot::Cell(i) => &mut self.cells[i as usize].tat,
-            Slot::Overflow => &mut self.overflow_tat,
+            Slot::Cell(i) => self.cells[i as usize].tat.get_mut(),
+            Slot::Overflow => self.overflow_tat.get_mut(),
         }
     }
 
+    /// The TAT of `slot`, read under the exclusive lock.
     pub(crate) fn tat(&self, slot: Slot) -> u64 {
+        self.tat_cell(slot).load(Ordering::Relaxed)
+    }
+
+    fn tat_cell(&self, slot: Slot) -> &AtomicU64 {
         match slot {
-            Slot::Cell(i) => self.cells[i as usize].tat,
-            Slot::Overflow => self.overflow_tat,
+            Slot::Cell(i) => &self.cells[i as usize].tat,
+            Slot::Overflow => &self.overflow_tat,
         }
+    }
+
+    /// The TAT of `key` if it has a cell (or is too long for one), found
+    /// under the shared lock.
+    #[inline]
+    fn find(&self, key: &K, hash: u64) -> Option<&AtomicU64> {
+        let cells = &self.cells;
+        if let Some(&i) = self
+            .index
+            .find(hash, |&i| cells[i as usize].key.as_ref() == Some(key))
+        {
+            return Some(&cells[i as usize].tat);
+        }
+        if key.heap_bytes() > self.max_key_bytes {
+            return Some(&self.overflow_tat);
+        }
+        None
     }
 
     fn slot(&mut self, key: &K, hash: u64, now: u64) -> Slot {
@@ -114,8 +154,9 @@ impl<K: RateKey> Shard<K> {
         let cell = Cell {
             key: Some(key.clone()),
             hash,
-            // A key leaving overflow carries the overflow bucket's debt.
-            tat: self.overflow_tat,
+            // A key leaving overflow carries the overflow bucket's debt, and
+            // no new cell is fresher than the last one swept.
+            tat: AtomicU64::new((*self.overflow_tat.get_mut()).max(self.swept_at)),
         };
         let i = if let Some(i) = self.free.pop() {
             self.cells[i as usize] = cell;
@@ -143,8 +184,9 @@ impl<K: RateKey> Shard<K> {
                 self.hand = 0;
             }
             let cell = &mut self.cells[self.hand];
-            if cell.tat <= now {
+            if *cell.tat.get_mut() <= now {
                 if let Some(key) = cell.key.take() {
+                    self.swept_at = self.swept_at.max(now);
                     let hand = self.hand as u32;
                     if let Ok(entry) = self.index.find_entry(cell.hash, |&j| j == hand) {
                         entry.remove();
@@ -165,7 +207,7 @@ impl<K: RateKey> Shard<K> {
 
 /// One limit's keys.
 pub(crate) struct Registry<K> {
-    shards: Box<[Mutex<Shard<K>>]>,
+    shards: Box<[RwLock<Shard<K>>]>,
     hasher: RandomState,
 }
 
@@ -183,13 +225,14 @@ impl<K: RateKey> Registry<K> {
         let count = 1 << bounds.entries.clamp(1, MAX_SHARDS).ilog2();
         let shards = (0..count)
             .map(|_| {
-                Mutex::new(Shard {
+                RwLock::new(Shard {
                     index: HashTable::new(),
                     cells: Vec::new(),
                     free: Vec::new(),
                     hand: 0,
                     bytes: 0,
-                    overflow_tat: 0,
+                    overflow_tat: AtomicU64::new(0),
+                    swept_at: 0,
                     max_entries: (bounds.entries / count).max(1),
                     max_bytes: bounds.bytes / count,
                     max_key_bytes: bounds.key_bytes,
@@ -211,33 +254,92 @@ impl<K: RateKey> Registry<K> {
         })
     }
 
-    /// Locks `key`'s shard and finds (or makes) its slot.
-    pub(crate) fn lock(&self, key: &K, now: u64) -> (MutexGuard<'_, Shard<K>>, Slot) {
+    #[inline]
+    fn shard(&self, key: &K) -> (&RwLock<Shard<K>>, u64) {
         let hash = self.hasher.hash_one(key);
         // The high bits pick the shard; the table probes with the low bits.
         let shard = (hash >> 32) as usize & (self.shards.len() - 1);
-        let mut guard = lock(&self.shards[shard]);
+        (&self.shards[shard], hash)
+    }
+
+    /// Locks `key`'s shard exclusively and finds (or makes) its slot: for a
+    /// decision over several limits, which holds every TAT still.
+    pub(crate) fn lock(&self, key: &K, now: u64) -> (RwLockWriteGuard<'_, Shard<K>>, Slot) {
+        let (shard, hash) = self.shard(key);
+        let mut guard = write(shard);
         let slot = guard.slot(key, hash, now);
         (guard, slot)
+    }
+
+    /// Moves `key`'s TAT by `step` atomically: `step` gets the current TAT
+    /// and says the new one (`None`: leave it) and what to return. A key
+    /// with a cell (the common case) needs only the shard's shared lock; a
+    /// new key takes it exclusively once, to get a cell.
+    ///
+    /// `step` may run more than once (when another decision moves the TAT
+    /// between its read and the swap); only its last answer counts.
+    #[inline]
+    pub(crate) fn update<R>(
+        &self,
+        key: &K,
+        now: u64,
+        step: impl FnMut(u64) -> (Option<u64>, R),
+    ) -> R {
+        let (shard, hash) = self.shard(key);
+        let mut step = step;
+        {
+            let guard = read(shard);
+            if let Some(tat) = guard.find(key, hash) {
+                return swap(tat, &mut step);
+            }
+        }
+        let mut guard = write(shard);
+        let slot = guard.slot(key, hash, now);
+        swap(guard.tat_cell(slot), &mut step)
     }
 
     #[cfg(test)]
     /// Keys with a cell of their own (idle ones included until swept).
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| read(s).len()).sum()
     }
 
     #[cfg(test)]
     /// Bytes counted against the bound.
     pub(crate) fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).bytes).sum()
+        self.shards.iter().map(|s| read(s).bytes).sum()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A shard's state is valid between statements: a panic while it was
-    // locked (a panicking `Hash` impl) leaves nothing half-written.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// The compare-and-swap loop of [`Registry::update`].
+#[inline]
+fn swap<R>(tat: &AtomicU64, step: &mut impl FnMut(u64) -> (Option<u64>, R)) -> R {
+    // The TAT is the only state a swap publishes (the cell itself is
+    // published by the lock), so relaxed ordering suffices: each successful
+    // swap is computed from the value the previous one left, in the
+    // atomic's single modification order.
+    let mut current = tat.load(Ordering::Relaxed);
+    loop {
+        let (new, answer) = step(current);
+        let Some(new) = new else {
+            return answer;
+        };
+        match tat.compare_exchange_weak(current, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return answer,
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+// A shard's state is valid between statements: a panic while it was locked
+// (a panicking `Hash` or `Eq` impl) leaves nothing half-written, so a
+// poisoned lock is used as it is.
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -286,6 +388,42 @@ mod tests {
         let (g, slot) = reg.lock(&99, 1_500);
         assert!(matches!(slot, Slot::Cell(_)));
         assert_eq!(g.tat(slot), 2_000);
+    }
+
+    #[test]
+    fn a_new_cell_is_never_fresher_than_the_cell_swept_for_it() {
+        let reg = Registry::<u64>::new(bounds(1));
+        let (mut g, slot) = reg.lock(&0, 0);
+        *g.tat_mut(slot) = 100;
+        drop(g);
+        // Key 1 arrives at 200: key 0 is idle (TAT 100) and swept.
+        let (g, slot) = reg.lock(&1, 200);
+        assert!(matches!(slot, Slot::Cell(_)));
+        // A decision that read the clock before 200 must not find a bucket
+        // fuller than key 0's was: the cell starts at the sweep's time.
+        assert_eq!(g.tat(slot), 200);
+    }
+
+    #[test]
+    fn update_swaps_under_the_shared_lock_and_inserts_once() {
+        let reg = Registry::<String>::new(Bounds {
+            entries: 16,
+            bytes: usize::MAX,
+            key_bytes: 8,
+        });
+        let k = "k".to_string();
+        // New key: inserted, then moved.
+        assert_eq!(reg.update(&k, 0, |tat| (Some(tat + 10), tat)), 0);
+        assert_eq!(reg.update(&k, 0, |tat| (Some(tat + 10), tat)), 10);
+        // `None` leaves the TAT.
+        assert_eq!(reg.update(&k, 0, |tat| (None::<u64>, tat)), 20);
+        assert_eq!(reg.update(&k, 0, |tat| (None::<u64>, tat)), 20);
+        assert_eq!(reg.len(), 1);
+        // Too long: the overflow bucket, found without a cell.
+        let long = "x".repeat(9);
+        assert_eq!(reg.update(&long, 0, |tat| (Some(tat + 5), tat)), 0);
+        assert_eq!(reg.update(&long, 0, |tat| (Some(tat + 5), tat)), 5);
+        assert_eq!(reg.len(), 1);
     }
 
     #[test]
