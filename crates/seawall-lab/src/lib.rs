@@ -43,3 +43,9 @@ pub mod run;
 pub mod scenario;
 pub mod stacks;
 pub mod upstream;
+
+/// The README, checked by rustdoc: its blocks are shell, text and TOML,
+/// none of them Rust, so none may be mistaken for one.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
