@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    HeaderName, HeaderValue, AGE, AUTHORIZATION, CACHE_CONTROL, CONNECTION, COOKIE,
+    HeaderName, HeaderValue, AGE, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, COOKIE,
     PROXY_AUTHORIZATION, SET_COOKIE, TE, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -85,6 +85,10 @@ pub type AlternativeResponse = Response<UnsyncBoxBody<Bytes, BoxError>>;
 ///   `s-maxage` (any value). The tier answers exactly when the origin
 ///   cannot validate, so such an answer is never stored, however long its
 ///   freshness lifetime (`stale-if-error` is not read);
+/// - it is not a gRPC answer (`Content-Type: application/grpc…`, or a
+///   `grpc-status` header): a healthy one carries its status in trailers,
+///   which are not kept, so the only storable ones would be trailers-only
+///   errors behind an HTTP `200`;
 /// - the response carries no `Set-Cookie`: it is per-user by nature;
 /// - its `Vary` is not `*` (§4.1) and names only valid field names.
 ///
@@ -633,6 +637,24 @@ fn stands_in(status: StatusCode) -> bool {
     )
 }
 
+/// `true` for a gRPC answer: one whose `Content-Type` is `application/grpc`
+/// or `application/grpc+…`/`application/grpc-web…` (any case), or that
+/// carries `grpc-status` among its headers. A healthy gRPC answer ends with
+/// its status in trailers, which the tier does not keep, so the only gRPC
+/// answers it could store are trailers-only ones — errors
+/// (`UNAUTHENTICATED`, `UNAVAILABLE`...) behind an HTTP `200`. None is
+/// stored, whatever the classifier says.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    headers.contains_key(GRPC_STATUS)
+        || headers.get_all(CONTENT_TYPE).iter().any(|value| {
+            let value = value.as_bytes().trim_ascii_start();
+            value.len() >= GRPC.len() && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        })
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The request fields a response's `Vary` names, in order; `None` for
 /// `Vary: *` or a value that cannot be read as field names.
 fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
@@ -684,7 +706,8 @@ fn storable_variant(
     info: &RequestInfo,
     key_includes_principal: bool,
 ) -> Option<Variant> {
-    if !stands_in(parts.status) || parts.headers.contains_key(SET_COOKIE) {
+    if !stands_in(parts.status) || parts.headers.contains_key(SET_COOKIE) || is_grpc(&parts.headers)
+    {
         return None;
     }
     let directives = cache_control(&parts.headers);
@@ -1045,6 +1068,28 @@ mod tests {
         for code in [201, 202, 205, 206, 301, 304, 401, 403, 404, 429, 500, 503] {
             assert!(!stands_in(StatusCode::from_u16(code).unwrap()), "{code}");
         }
+    }
+
+    #[test]
+    fn grpc_answers_are_recognised() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, HeaderValue::from_static(value));
+            }
+            is_grpc(&map)
+        };
+        assert!(with(&[("content-type", "application/grpc")]));
+        assert!(with(&[("content-type", "Application/GRPC+proto")]));
+        assert!(with(&[("content-type", "application/grpc-web-text")]));
+        assert!(with(&[("grpc-status", "0")]));
+        assert!(with(&[
+            ("content-type", "text/plain"),
+            ("grpc-status", "14")
+        ]));
+        assert!(!with(&[("content-type", "application/json")]));
+        assert!(!with(&[("content-type", "application/grp")]));
+        assert!(!with(&[]));
     }
 
     #[test]

@@ -113,6 +113,9 @@
 //!   validation (`no-cache`, `must-revalidate`, `proxy-revalidate`,
 //!   `s-maxage`; RFC 9111 §4.2.4) is stored: the tier serves exactly when
 //!   the origin cannot validate;
+//! - no gRPC answer (`application/grpc…`, or a `grpc-status` header) is
+//!   stored: its status lives in trailers, which are not kept, so only
+//!   trailers-only errors could be;
 //! - only `200`, `203` and `204` answers the classifier calls a success
 //!   replace a stored entry: a `401`, `403`, `404` or `5xx` never replaces
 //!   nor removes one;

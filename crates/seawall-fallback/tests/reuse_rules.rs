@@ -131,3 +131,82 @@ async fn answers_that_forbid_reuse_without_validation_are_never_replayed() {
         (Some("last-known-good"), "prices")
     );
 }
+
+fn grpc_call() -> Request<()> {
+    Request::post("/pkg.Svc/Get")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap()
+}
+
+/// The gRPC form of a `401` is a trailers-only `grpc-status: 16`
+/// (UNAUTHENTICATED): HTTP `200`, empty body, no trailers. `GrpcClassifier`
+/// calls it a success; it must not become the answer every caller gets for
+/// the rest of an outage.
+#[tokio::test]
+async fn grpc_trailers_only_errors_are_never_stored_as_last_known_good() {
+    let next = Next::new();
+    let layer = FallbackLayer::http()
+        .classifier(seawall_core::GrpcClassifier::new())
+        .last_known_good(LastKnownGood::new(), by_path)
+        .value(Response::new(Bytes::from_static(b"static")))
+        .build()
+        .unwrap();
+    next.set(|| {
+        resp(
+            200,
+            &[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "16"),
+                ("grpc-message", "no credentials"),
+            ],
+            "",
+        )
+    });
+    let (tier, _) = call(&layer, &next, grpc_call()).await;
+    assert_eq!(tier, None);
+    // The dependency goes down: trailers-only UNAVAILABLE.
+    next.set(|| {
+        resp(
+            200,
+            &[("content-type", "application/grpc"), ("grpc-status", "14")],
+            "",
+        )
+    });
+    let (tier, _) = call(&layer, &next, grpc_call()).await;
+    assert_eq!(
+        tier.as_deref(),
+        Some("static"),
+        "a stored UNAUTHENTICATED was served as the last-known-good answer"
+    );
+}
+
+/// With the default `HttpClassifier` a trailers-only UNAVAILABLE is an HTTP
+/// `200` success; it is not stored either, nor is any other gRPC answer.
+#[tokio::test]
+async fn grpc_answers_are_not_stored_by_the_default_http_classifier() {
+    for headers in [
+        &[("content-type", "application/grpc"), ("grpc-status", "14")][..],
+        &[
+            ("content-type", "application/grpc+proto"),
+            ("grpc-status", "0"),
+        ],
+        &[
+            ("content-type", "application/grpc-web"),
+            ("grpc-status", "5"),
+        ],
+        &[("grpc-status", "7")],
+    ] {
+        let next = Next::new();
+        let layer = layer();
+        next.set(move || resp(200, headers, ""));
+        call(&layer, &next, grpc_call()).await;
+        next.set(|| resp(503, &[], ""));
+        let (tier, _) = call(&layer, &next, grpc_call()).await;
+        assert_eq!(
+            tier.as_deref(),
+            Some("static"),
+            "gRPC answer {headers:?} stored and replayed"
+        );
+    }
+}
