@@ -17,6 +17,10 @@
 //!   key never seen before through a keyed breaker whose registry is full
 //!   (capacity 10k or 200k): a closed breaker is evicted and a new one made.
 //!
+//! - `circuit_breaker_fleet/{local_only,with_fleet_sync}`: the closed path
+//!   of a breaker alone and of one whose state a `FleetSync` shares through
+//!   Redis (syncing every 50 ms in a background task), in the same run.
+//!
 //! Run with:
 //! `cargo bench -p seawall-benches --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
 
@@ -266,5 +270,56 @@ fn keyed_new_key(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, closed, contention, time_window, keyed_new_key);
+/// The closed path with and without a fleet sync (`FleetSync`, feature
+/// `redis`) running on the same breaker: the sync runs in a background task
+/// every 50 ms against `REDIS_URL` (default `redis://127.0.0.1:6379`; if
+/// nothing answers there it keeps failing over to local judgement, which
+/// costs the call path nothing either).
+fn fleet(c: &mut Criterion) {
+    use seawall_circuit_breaker::FleetSync;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut group = c.benchmark_group("circuit_breaker_fleet");
+    let local = CircuitBreakerLayer::new();
+    let mut local_svc = local.layer(Leaf);
+    group.bench_function("local_only", |b| {
+        b.iter(|| black_box(call_now(&mut local_svc, black_box(7))));
+    });
+    let synced = CircuitBreakerLayer::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let sync = FleetSync::builder(url, format!("bench-{}-{nanos}", std::process::id()))
+        .prefix("seawall-bench:cb:")
+        .replica_id("bench")
+        .interval(Duration::from_millis(50))
+        .timeout(Duration::from_millis(20))
+        .spawn(synced.handle())
+        .expect("valid fleet settings");
+    let mut synced_svc = synced.layer(Leaf);
+    group.bench_function("with_fleet_sync", |b| {
+        b.iter(|| black_box(call_now(&mut synced_svc, black_box(7))));
+    });
+    let view = sync.fleet();
+    println!(
+        "fleet sync during the bench: {} syncs, {} failed, connected {}",
+        view.syncs, view.failed_syncs, view.connected
+    );
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    closed,
+    contention,
+    time_window,
+    keyed_new_key,
+    fleet
+);
 criterion_main!(benches);
