@@ -89,6 +89,9 @@ pub type AlternativeResponse = Response<UnsyncBoxBody<Bytes, BoxError>>;
 ///   `grpc-status` header): a healthy one carries its status in trailers,
 ///   which are not kept, so the only storable ones would be trailers-only
 ///   errors behind an HTTP `200`;
+/// - its `Connection` does not name `Vary`, `Cache-Control` or `Set-Cookie`
+///   (the stored copy drops what `Connection` names, and without its `Vary`
+///   a variant would match every request);
 /// - the response carries no `Set-Cookie`: it is per-user by nature;
 /// - its `Vary` is not `*` (§4.1) and names only valid field names.
 ///
@@ -517,15 +520,7 @@ where
         // Hop-by-hop fields belong to the original connection and framing,
         // not to a replay whose body is now a single buffer; `Connection`
         // can name more of them (RFC 9110 §7.6.1).
-        let nominated: Vec<HeaderName> = parts
-            .headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in HOP_BY_HOP.into_iter().chain(nominated) {
+        for name in HOP_BY_HOP.into_iter().chain(nominated(&parts.headers)) {
             headers.remove(name);
         }
         let recording = Recording {
@@ -576,6 +571,26 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     TRANSFER_ENCODING,
     UPGRADE,
 ];
+
+/// The fields a response's `Connection` names (RFC 9110 §7.6.1): hop-by-hop,
+/// dropped from the stored copy.
+fn nominated(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+}
+
+/// `true` if `Connection` names a field the storing and serving rules read
+/// (`Vary`, `Cache-Control`, `Set-Cookie`). Dropping it from the stored copy
+/// would change what the copy may be served to — without its `Vary` a
+/// variant would match every request — so such an answer is not stored.
+/// (A sender must not nominate end-to-end fields, RFC 9110 §7.6.1.)
+fn nominates_a_rule_field(headers: &HeaderMap) -> bool {
+    nominated(headers).any(|name| name == VARY || name == CACHE_CONTROL || name == SET_COOKIE)
+}
 
 /// The `Cache-Control` directives that decide storing (RFC 9111 §5.2).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -706,7 +721,10 @@ fn storable_variant(
     info: &RequestInfo,
     key_includes_principal: bool,
 ) -> Option<Variant> {
-    if !stands_in(parts.status) || parts.headers.contains_key(SET_COOKIE) || is_grpc(&parts.headers)
+    if !stands_in(parts.status)
+        || parts.headers.contains_key(SET_COOKIE)
+        || is_grpc(&parts.headers)
+        || nominates_a_rule_field(&parts.headers)
     {
         return None;
     }
@@ -1089,6 +1107,24 @@ mod tests {
         ]));
         assert!(!with(&[("content-type", "application/json")]));
         assert!(!with(&[("content-type", "application/grp")]));
+        assert!(!with(&[]));
+    }
+
+    #[test]
+    fn connection_nominating_a_rule_field_is_found() {
+        let with = |values: &[&'static str]| {
+            let mut map = HeaderMap::new();
+            for value in values {
+                map.append(CONNECTION, HeaderValue::from_static(value));
+            }
+            nominates_a_rule_field(&map)
+        };
+        assert!(with(&["vary"]));
+        assert!(with(&["keep-alive, VARY"]));
+        assert!(with(&["close", " Cache-Control "]));
+        assert!(with(&["set-cookie"]));
+        assert!(!with(&["keep-alive, x-hop"]));
+        assert!(!with(&["x-vary"]));
         assert!(!with(&[]));
     }
 

@@ -210,3 +210,36 @@ async fn grpc_answers_are_not_stored_by_the_default_http_classifier() {
         );
     }
 }
+
+/// RFC 9111 §4.1: a stored response's `Vary` must match. The stored copy
+/// drops every field the response's `Connection` names; were `Vary` among
+/// them, tenant a's variant would match every request. Such an answer is
+/// not stored (RFC 9110 §7.6.1 forbids nominating end-to-end fields).
+#[tokio::test]
+async fn a_connection_nominating_vary_never_turns_a_variant_into_a_match_all() {
+    for connection in ["vary", "keep-alive, Vary", "cache-control"] {
+        let next = Next::new();
+        let layer = layer();
+        next.set(move || {
+            resp(
+                200,
+                &[("vary", "x-tenant"), ("connection", connection)],
+                "tenant a's price list",
+            )
+        });
+        let req = |t: &'static str| {
+            Request::get("/prices")
+                .header("x-tenant", t)
+                .body(())
+                .unwrap()
+        };
+        call(&layer, &next, req("a")).await;
+        next.set(|| resp(503, &[], ""));
+        let (tier, body) = call(&layer, &next, req("b")).await;
+        assert_eq!(
+            tier.as_deref(),
+            Some("static"),
+            "Connection: {connection}: tenant b got {body:?}"
+        );
+    }
+}
