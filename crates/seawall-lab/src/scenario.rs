@@ -335,6 +335,11 @@ pub struct ClientSettings {
     /// How long the breakers stay open.
     #[serde(default = "default_breaker_open")]
     pub breaker_open: Dur,
+    /// seawall's stacks time attempts out at the p99 x 3 of recent
+    /// successful calls (`AdaptiveTimeoutLayer`), at most `attempt_timeout`,
+    /// instead of at `attempt_timeout`.
+    #[serde(default)]
+    pub adaptive_timeout: bool,
     /// When set, the run adds the stack "seawall + hedge": seawall's stack
     /// with a `HedgeLayer` under the attempt timeout.
     #[serde(default)]
@@ -385,6 +390,7 @@ impl Default for ClientSettings {
             concurrency: default_concurrency(),
             queue_wait: default_queue_wait(),
             breaker_open: default_breaker_open(),
+            adaptive_timeout: false,
             hedge: None,
         }
     }

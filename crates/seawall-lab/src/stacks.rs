@@ -12,7 +12,7 @@ use seawall_core::event::FnListener;
 use seawall_core::BoxError;
 use seawall_fallback::FallbackLayer;
 use seawall_retry::{Backoff, Jitter, JitterRetryLayer, RetryBudget};
-use seawall_timeout::{CloneRequests, HedgeLayer};
+use seawall_timeout::{AdaptiveTimeoutLayer, CloneRequests, HedgeLayer};
 use serde::Serialize;
 use tokio::time::sleep;
 use tower::limit::ConcurrencyLimitLayer;
@@ -299,6 +299,20 @@ fn seawall_stack(
         .max_queue(s.concurrency)
         .max_wait(s.queue_wait.0)
         .build()?;
+    // The attempt timeout: the scenario's, fixed, as every stack has it;
+    // or, with `adaptive_timeout`, the p99 x 3 of recent successful calls,
+    // never above the scenario's (which applies until 100 samples).
+    let adaptive = if s.adaptive_timeout {
+        Some(
+            AdaptiveTimeoutLayer::builder()
+                .name("lab")
+                .initial_timeout(s.attempt_timeout.0)
+                .ceiling(s.attempt_timeout.0)
+                .build()?,
+        )
+    } else {
+        None
+    };
     // The hedge sits under the attempt timeout: the timeout bounds the
     // hedged pair, and the breaker, bulkhead and retry above see one call.
     let inner = match hedge {
@@ -310,7 +324,12 @@ fn seawall_stack(
         .layer(retry)
         .layer(breaker)
         .layer(bulkhead)
-        .layer(TimeoutLayer::new(s.attempt_timeout.0))
+        .option_layer(
+            adaptive
+                .is_none()
+                .then(|| TimeoutLayer::new(s.attempt_timeout.0)),
+        )
+        .option_layer(adaptive)
         .service(inner);
     Ok(BoxCloneService::new(stack.map_request(|mut call: Call| {
         // seawall's client names each POST so a retry can be recognised.
@@ -360,5 +379,64 @@ mod tests {
         assert_eq!(sends(call(false, false)).await, 2, "a GET is hedged");
         assert_eq!(sends(call(true, true)).await, 2, "a keyed POST is hedged");
         assert_eq!(sends(call(true, false)).await, 1, "a bare POST is not");
+    }
+
+    /// How long a call that hangs takes to come back (degraded, from the
+    /// fallback) through seawall's stack once 200 calls of 10 ms have been
+    /// answered.
+    async fn hung_call_time(adaptive_timeout: bool) -> Duration {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        let inner: SimService = BoxCloneService::new(tower::service_fn(move |_: Call| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 200 {
+                    sleep(Duration::from_millis(10)).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(Reply { degraded: false })
+            }
+        }));
+        let settings = ClientSettings {
+            adaptive_timeout,
+            max_attempts: 1,
+            ..ClientSettings::default()
+        };
+        let recorder = Recorder::new(1, 1);
+        let svc = build(StackKind::Seawall, &settings, inner, &recorder, 0, 1).unwrap();
+        for id in 0..200 {
+            let call = Call {
+                id,
+                route: 0,
+                post: false,
+                idempotency_key: false,
+            };
+            assert!(!svc.clone().oneshot(call).await.unwrap().degraded);
+        }
+        // Past the estimator's refresh.
+        sleep(Duration::from_secs(1)).await;
+        let start = tokio::time::Instant::now();
+        let call = Call {
+            id: 999,
+            route: 0,
+            post: false,
+            idempotency_key: false,
+        };
+        assert!(svc.oneshot(call).await.unwrap().degraded);
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adaptive_timeout_times_a_hung_call_out_at_the_learned_latency() {
+        // Fixed: the scenario's 1 s attempt timeout.
+        let fixed = hung_call_time(false).await;
+        assert_eq!(fixed, Duration::from_secs(1), "{fixed:?}");
+        // Adaptive: p99 x 3 of 10 ms calls.
+        let adaptive = hung_call_time(true).await;
+        assert!(
+            adaptive >= Duration::from_millis(25) && adaptive <= Duration::from_millis(40),
+            "{adaptive:?}"
+        );
     }
 }
