@@ -240,6 +240,11 @@ pub(crate) trait Slot<I, V>: Send + Sync {
     fn weighted_size(&self) -> u64;
     fn run_pending_tasks(&self);
     fn clear(&self);
+    /// Told the layer's name when it is built (a shared store's default
+    /// key prefix includes it).
+    fn name_layer(&self, name: &str) {
+        let _ = name;
+    }
 }
 
 /// A pending read from a shared store.
@@ -416,6 +421,13 @@ where
 
     fn clear(&self) {
         self.cache.invalidate_all();
+    }
+
+    #[cfg(feature = "redis")]
+    fn name_layer(&self, name: &str) {
+        if let Some(remote) = &self.remote {
+            remote.name_layer(name);
+        }
     }
 }
 

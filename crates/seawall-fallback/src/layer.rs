@@ -172,7 +172,9 @@ impl<M: Mode, C> Builder<M, C, NoopListener> {
 }
 
 impl<M: Mode, C, L> Builder<M, C, L> {
-    /// The layer's name, used in events (default `"fallback"`).
+    /// The layer's name, used in events (default `"fallback"`) and in the
+    /// default Redis key prefix of a
+    /// [shared last-known-good tier](crate::RedisLastKnownGood).
     #[must_use]
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
@@ -311,6 +313,9 @@ impl<M: Mode, C, L> Builder<M, C, L> {
                 "tiers",
                 "at least one tier is required",
             ));
+        }
+        if let Some(slot) = &self.last_known_good {
+            slot.name_layer(&self.name);
         }
         let needs_info = self
             .stages

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -39,6 +39,13 @@ use crate::layer::LAYER;
 /// Redis keys are the prefix followed by the SHA-256 (hex) of the bytes
 /// the key value feeds to a hasher, so every replica running the same build
 /// on the same architecture computes the same Redis key for equal keys.
+/// The default prefix is [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX) followed
+/// by the layer's [name](crate::Builder::name) and `:`
+/// (`seawall:last-known-good:fallback:` for a layer left unnamed), so two
+/// layers with different names never read each other's answers even when
+/// their keys are equal (two services keyed by path). Layers that share a
+/// name and a Redis share answers: give each its own name, or its own
+/// [`prefix`](Self::prefix).
 ///
 /// # Memory bound
 ///
@@ -52,7 +59,8 @@ use crate::layer::LAYER;
 #[derive(Clone)]
 pub struct RedisLastKnownGood {
     pub(crate) conn: ConnectionManager,
-    pub(crate) prefix: Arc<str>,
+    /// `None`: the default, [`Self::DEFAULT_PREFIX`] and the layer's name.
+    pub(crate) prefix: Option<Arc<str>>,
     pub(crate) timeout: Duration,
     pub(crate) max_value_size: usize,
     pub(crate) max_writes_in_flight: usize,
@@ -60,7 +68,8 @@ pub struct RedisLastKnownGood {
 }
 
 impl RedisLastKnownGood {
-    /// The default key prefix.
+    /// The start of the default key prefix, which continues with the
+    /// layer's name and `:`.
     pub const DEFAULT_PREFIX: &'static str = "seawall:last-known-good:";
 
     /// The longest timeout accepted: 10 seconds. A fallback waits for it.
@@ -96,7 +105,7 @@ impl RedisLastKnownGood {
     pub fn with_connection(conn: ConnectionManager) -> Self {
         Self {
             conn,
-            prefix: Arc::from(Self::DEFAULT_PREFIX),
+            prefix: None,
             timeout: Self::default_timeout(),
             max_value_size: 256 * 1024 + 16 * 1024,
             max_writes_in_flight: 64,
@@ -108,11 +117,13 @@ impl RedisLastKnownGood {
         Duration::from_millis(100)
     }
 
-    /// The prefix of the Redis keys (default
-    /// [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX)); give each layer its own.
+    /// The prefix of the Redis keys, used as given (default
+    /// [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX) followed by the layer's
+    /// name and `:`). Give each layer its own: layers with the same prefix
+    /// and equal keys serve each other's answers.
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<Arc<str>>) -> Self {
-        self.prefix = prefix.into();
+        self.prefix = Some(prefix.into());
         self
     }
 
@@ -149,7 +160,7 @@ impl RedisLastKnownGood {
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if self.prefix.is_empty() {
+        if self.prefix.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::new(LAYER, "prefix", "must not be empty"));
         }
         if self.timeout.is_zero() || self.timeout > Self::MAX_TIMEOUT {
@@ -195,6 +206,9 @@ pub(crate) type RemoteRead<V> = Pin<Box<dyn Future<Output = Option<(V, Duration)
 /// The Redis side of a store: encodes, writes and reads answers.
 pub(crate) struct Remote<V> {
     redis: RedisLastKnownGood,
+    /// The prefix in use: the configured one, or the default with the
+    /// layer's name once the layer is built.
+    prefix: OnceLock<Arc<str>>,
     max_staleness: Duration,
     encode: Encode<V>,
     decode: Decode<V>,
@@ -209,8 +223,13 @@ impl<V: Send + 'static> Remote<V> {
         decode: Decode<V>,
     ) -> Self {
         let writes = Arc::new(Semaphore::new(redis.max_writes_in_flight));
+        let prefix = OnceLock::new();
+        if let Some(configured) = &redis.prefix {
+            let _ = prefix.set(configured.clone());
+        }
         Self {
             redis,
+            prefix,
             max_staleness,
             encode,
             decode,
@@ -220,6 +239,16 @@ impl<V: Send + 'static> Remote<V> {
 
     pub(crate) fn local(&self) -> bool {
         self.redis.local
+    }
+
+    /// Called when the layer is built: without a configured prefix, keys
+    /// start with the default prefix, `layer` and `:`.
+    pub(crate) fn name_layer(&self, layer: &str) {
+        let _ = self.prefix.get_or_init(|| default_prefix(layer));
+    }
+
+    fn prefix(&self) -> &str {
+        self.prefix.get_or_init(|| default_prefix(LAYER)).as_ref()
     }
 
     /// The Redis key of `key`.
@@ -236,8 +265,9 @@ impl<V: Send + 'static> Remote<V> {
         let mut sha = Sha(Sha256::new());
         key.hash(&mut sha);
         let digest = sha.0.finalize();
-        let mut out = String::with_capacity(self.redis.prefix.len() + 64);
-        out.push_str(&self.redis.prefix);
+        let prefix = self.prefix();
+        let mut out = String::with_capacity(prefix.len() + 64);
+        out.push_str(prefix);
         for byte in digest {
             out.push(char::from(HEX[usize::from(byte >> 4)]));
             out.push(char::from(HEX[usize::from(byte & 0xf)]));
@@ -308,3 +338,9 @@ impl<V: Send + 'static> Remote<V> {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// [`RedisLastKnownGood::DEFAULT_PREFIX`], the layer's name and `:`. Keys
+/// end in 64 hex digits, so no name's keys are another name's.
+fn default_prefix(layer: &str) -> Arc<str> {
+    Arc::from(format!("{}{layer}:", RedisLastKnownGood::DEFAULT_PREFIX))
+}

@@ -356,3 +356,58 @@ async fn invalid_redis_settings_are_config_errors() {
         "redis"
     );
 }
+
+/// The default prefix includes the layer's name: two layers keyed by path
+/// on one Redis (an orders service and a catalog service) never serve each
+/// other's answers, while replicas of one layer still share theirs.
+#[tokio::test]
+async fn the_default_prefix_keeps_layers_with_different_names_apart() -> Result<(), BoxError> {
+    let Some(mut conn) = redis().await else {
+        return Ok(());
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let orders = format!("orders-{}-{nanos}", std::process::id());
+    let catalog = format!("catalog-{}-{nanos}", std::process::id());
+    let layer = |name: &str, down: Arc<AtomicBool>| -> Result<_, BoxError> {
+        let redis = RedisLastKnownGood::open(&redis_url())?
+            .timeout(Duration::from_secs(1))
+            .without_local_cache();
+        let layer = FallbackLayer::http()
+            .last_known_good_shared(LastKnownGood::new(), redis, |info: &RequestInfo| {
+                Some(info.uri().path().to_owned())
+            })
+            .value(Response::new(Bytes::from_static(b"static")))
+            // Named after the tier: the prefix is settled by `build`.
+            .name(name.to_owned())
+            .build()?;
+        Ok(layer.layer(dependency(down)))
+    };
+    let up = Arc::new(AtomicBool::new(false));
+    let down = Arc::new(AtomicBool::new(true));
+    body(
+        layer(&orders, up)?
+            .oneshot(Request::get("/item/1").body(())?)
+            .await?,
+    )
+    .await?;
+    let prefix = format!("{}{orders}:", RedisLastKnownGood::DEFAULT_PREFIX);
+    wait_for_keys(&mut conn, &prefix, 1).await;
+
+    let res = layer(&catalog, down.clone())?
+        .oneshot(Request::get("/item/1").body(())?)
+        .await?;
+    assert_eq!(
+        tier_of(&res),
+        Some(Tier::Value),
+        "another layer served the orders layer's answer"
+    );
+    let res = layer(&orders, down)?
+        .oneshot(Request::get("/item/1").body(())?)
+        .await?;
+    assert_eq!(tier_of(&res), Some(Tier::LastKnownGood));
+    assert_eq!(body(res).await?, "stock of /item/1");
+    cleanup(&mut conn, &prefix).await;
+    Ok(())
+}
