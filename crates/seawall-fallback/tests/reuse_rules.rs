@@ -51,6 +51,7 @@ fn resp(
     res
 }
 
+#[allow(clippy::unnecessary_wraps)] // the key function's signature
 fn by_path(info: &RequestInfo) -> Option<String> {
     Some(info.uri().path().to_owned())
 }
