@@ -24,6 +24,7 @@ fn colour(kind: StackKind) -> RGBColor {
         StackKind::TowerResilience => RGBColor(148, 103, 189),
         StackKind::Seawall => RGBColor(31, 119, 180),
         StackKind::SeawallHedge => RGBColor(44, 160, 44),
+        StackKind::SeawallPreset => RGBColor(23, 190, 207),
     }
 }
 

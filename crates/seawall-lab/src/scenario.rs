@@ -340,6 +340,9 @@ pub struct ClientSettings {
     /// instead of at `attempt_timeout`.
     #[serde(default)]
     pub adaptive_timeout: bool,
+    /// The run adds the stack "seawall preset" (`seawall::stack::client()`).
+    #[serde(default)]
+    pub preset: bool,
     /// When set, the run adds the stack "seawall + hedge": seawall's stack
     /// with a `HedgeLayer` under the attempt timeout.
     #[serde(default)]
@@ -391,6 +394,7 @@ impl Default for ClientSettings {
             queue_wait: default_queue_wait(),
             breaker_open: default_breaker_open(),
             adaptive_timeout: false,
+            preset: false,
             hedge: None,
         }
     }
@@ -487,6 +491,9 @@ impl Scenario {
     /// set.
     pub fn stacks(&self) -> Vec<StackKind> {
         let mut kinds = StackKind::ALL.to_vec();
+        if self.client.preset {
+            kinds.push(StackKind::SeawallPreset);
+        }
         if self.client.hedge.is_some() {
             kinds.push(StackKind::SeawallHedge);
         }

@@ -46,6 +46,11 @@ pub enum StackKind {
     /// seawall's stack with a `HedgeLayer` under the per-attempt timeout
     /// (run only by scenarios with `[client.hedge]`).
     SeawallHedge,
+    /// The `seawall::stack::client()` preset with its own defaults, given
+    /// the scenario's timeouts and open duration: total timeout → retry →
+    /// breaker → attempt timeout, no bulkhead, no fallback (run only by
+    /// scenarios with `[client] preset = true`).
+    SeawallPreset,
 }
 
 impl StackKind {
@@ -65,6 +70,7 @@ impl StackKind {
             StackKind::TowerResilience => "tower-resilience",
             StackKind::Seawall => "seawall",
             StackKind::SeawallHedge => "seawall + hedge",
+            StackKind::SeawallPreset => "seawall preset",
         }
     }
 
@@ -96,6 +102,15 @@ pub fn build(
         StackKind::Tower => tower_stack(settings, inner, seed),
         StackKind::TowerResilience => tower_resilience_stack(settings, inner)?,
         StackKind::Seawall => seawall_stack(settings, None, inner, recorder, breaker_index, seed)?,
+        StackKind::SeawallPreset => BoxCloneService::new(
+            seawall::stack::client()
+                .name("lab")
+                .total_timeout(settings.total_timeout.0)
+                .attempt_timeout(settings.attempt_timeout.0)
+                .open_duration(settings.breaker_open.0)
+                .build()?
+                .layer(inner),
+        ),
         StackKind::SeawallHedge => seawall_stack(
             settings,
             Some(settings.hedge.unwrap_or_default()),

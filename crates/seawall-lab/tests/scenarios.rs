@@ -293,3 +293,33 @@ fn duplicate_posts_beyond_the_default_store_bound_still_reflect_the_layer() {
     assert!(seawall.ok_pct > 90.0, "{}", seawall.ok_pct);
     assert!(seawall.ok_pct + seawall.degraded_pct > 99.9);
 }
+
+fn check_preset_outage(seed: u64) {
+    // `seawall::stack::client()` with its own defaults (10% over a 30 s
+    // window, 100 calls minimum, 2 s backoff, 20% budget), given the
+    // scenario's timeouts and open duration. Its retry jitter is unseeded,
+    // so only the qualitative result is checked.
+    let s = scenario("outage");
+    assert!(s.stacks().contains(&StackKind::SeawallPreset));
+    let r = run(&s, seed, &[StackKind::SeawallPreset]);
+    let preset = overall(&r, StackKind::SeawallPreset);
+    let during = preset.fault_attempts_per_request.unwrap();
+    assert!(
+        during <= 1.1,
+        "seed {seed}: {during} attempts/request in the fault"
+    );
+    match preset.recovery {
+        Recovery::After(t) => assert!(t <= r.breaker_open_s, "seed {seed}: {t} s"),
+        other => panic!("seed {seed}: the preset did not recover: {other:?}"),
+    }
+}
+
+#[test]
+fn outage_the_client_preset_also_stops_hammering_and_recovers() {
+    check_preset_outage(SEED);
+}
+
+#[test]
+fn preset_claims_hold_at_other_seeds() {
+    OTHER_SEEDS.into_iter().for_each(check_preset_outage);
+}
