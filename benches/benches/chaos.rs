@@ -37,12 +37,10 @@ where
 fn faults() -> [Fault; 3] {
     [
         Fault::latency(Latency::log_normal(Duration::from_millis(20), 0.5)).rate(0.1),
-        Fault::error()
-            .rate(0.05)
-            .schedule(Schedule::between(
-                Duration::from_secs(10),
-                Duration::from_secs(40),
-            )),
+        Fault::error().rate(0.05).schedule(Schedule::between(
+            Duration::from_secs(10),
+            Duration::from_secs(40),
+        )),
         Fault::hang().rate(0.01),
     ]
 }
