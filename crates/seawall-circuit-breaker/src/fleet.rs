@@ -933,6 +933,13 @@ impl Task {
                 }
                 _ => {}
             }
+        } else if local == State::Open {
+            // Back after a failed sync, still open: the fleet holds it
+            // again rather than let it probe on its own.
+            self.held = true;
+            self.stale_open = false;
+            let until = (now + remaining).max(now + self.settings.hold);
+            self.local().fleet_open_until(until, r.epoch);
         } else if over && local == State::Closed {
             // The fleet stayed open while this replica judged alone and
             // closed: with the lease, its local verdict closes the fleet.
