@@ -1,11 +1,11 @@
 //! The bounded registry of one limit's keys.
 //!
-//! Keys live in shards, each a slab of cells (the key, its hash and its
-//! theoretical arrival time, TAT, in an `AtomicU64`) indexed by a
-//! `hashbrown::HashTable` of cell numbers, under a reader-writer lock. The
-//! key is hashed once: the hash picks the shard and probes its table, and
-//! each key is stored once, in its cell. A shard owns an equal share of the
-//! registry's capacity in entries and in bytes.
+//! Keys live in shards, each a `hashbrown::HashTable` of cells (the key,
+//! its hash and its theoretical arrival time, TAT, in an `AtomicU64`)
+//! stored inline, under a reader-writer lock. The key is hashed once: the
+//! hash picks the shard and probes its table, where one probe finds the key
+//! and its TAT together; each key is stored once, in its cell. A shard owns
+//! an equal share of the registry's capacity in entries and in bytes.
 //!
 //! A decision for a key that has a cell takes the shard's lock *shared*
 //! ([`Registry::update`]) and moves the TAT with a compare-and-swap, so
@@ -20,10 +20,10 @@
 //!
 //! A key whose TAT has passed has a full bucket, which is exactly the state
 //! of a key never seen: removing it loses nothing. So "idle" needs no timer:
-//! each insertion moves a clock hand over the next two cells and frees the
-//! idle ones it finds, which returns the memory of idle keys at the rate new
+//! each insertion moves a clock hand over the table's next two buckets and
+//! frees the idle keys it finds, which returns the memory of idle keys at the rate new
 //! keys arrive (O(1) per insertion). When a shard is full, the insertion
-//! scans at most [`SCAN_WHEN_FULL`] more cells for an idle one.
+//! scans at most [`SCAN_WHEN_FULL`] more buckets for an idle key.
 //!
 //! A shard full of keys that are all still limited (none idle within the
 //! scan) never evicts one: that would hand its key a fresh burst and
@@ -47,9 +47,9 @@ use hashbrown::HashTable;
 
 use crate::key::RateKey;
 
-/// Cells examined by an insertion into a full shard.
+/// Buckets examined by an insertion into a full shard.
 pub(crate) const SCAN_WHEN_FULL: usize = 8;
-/// Cells examined by every insertion, full or not.
+/// Buckets examined by every insertion, full or not.
 const SWEEP_STEP: usize = 2;
 /// Shards of a registry with room for many keys (a power of two).
 const MAX_SHARDS: usize = 16;
@@ -57,20 +57,23 @@ const MAX_SHARDS: usize = 16;
 /// Where a key's TAT lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Slot {
-    Cell(u32),
+    /// The table's bucket holding the key's entry (stable while the shard
+    /// is locked).
+    Cell(usize),
     Overflow,
 }
 
+/// A key's entry, inline in its shard's table: one probe finds the key and
+/// its TAT together.
 struct Cell<K> {
-    key: Option<K>,
+    key: K,
     hash: u64,
     tat: AtomicU64,
 }
 
 pub(crate) struct Shard<K> {
-    index: HashTable<u32>,
-    cells: Vec<Cell<K>>,
-    free: Vec<u32>,
+    table: HashTable<Cell<K>>,
+    /// The clock hand: the next bucket the sweep looks at.
     hand: usize,
     bytes: usize,
     overflow_tat: AtomicU64,
@@ -85,16 +88,21 @@ pub(crate) struct Shard<K> {
 }
 
 impl<K: RateKey> Shard<K> {
-    /// The bytes one key costs: its cell, its table slot, the table's
-    /// control byte and its heap bytes.
+    /// The bytes one key costs: its entry, the table's control byte and its
+    /// heap bytes.
     fn entry_bytes(key: &K) -> usize {
-        mem::size_of::<Cell<K>>() + mem::size_of::<u32>() + 1 + key.heap_bytes()
+        mem::size_of::<Cell<K>>() + 1 + key.heap_bytes()
     }
 
     /// The TAT of `slot`, to change under the exclusive lock.
     pub(crate) fn tat_mut(&mut self, slot: Slot) -> &mut u64 {
         match slot {
-            Slot::Cell(i) => self.cells[i as usize].tat.get_mut(),
+            Slot::Cell(i) => match self.table.get_bucket_mut(i) {
+                Some(cell) => cell.tat.get_mut(),
+                // Unreachable: a slot is only used under the lock it was
+                // found under. The overflow bucket is the safe answer.
+                None => self.overflow_tat.get_mut(),
+            },
             Slot::Overflow => self.overflow_tat.get_mut(),
         }
     }
@@ -106,7 +114,10 @@ impl<K: RateKey> Shard<K> {
 
     fn tat_cell(&self, slot: Slot) -> &AtomicU64 {
         match slot {
-            Slot::Cell(i) => &self.cells[i as usize].tat,
+            Slot::Cell(i) => self
+                .table
+                .get_bucket(i)
+                .map_or(&self.overflow_tat, |cell| &cell.tat),
             Slot::Overflow => &self.overflow_tat,
         }
     }
@@ -115,12 +126,8 @@ impl<K: RateKey> Shard<K> {
     /// under the shared lock.
     #[inline]
     fn find(&self, key: &K, hash: u64) -> Option<&AtomicU64> {
-        let cells = &self.cells;
-        if let Some(&i) = self
-            .index
-            .find(hash, |&i| cells[i as usize].key.as_ref() == Some(key))
-        {
-            return Some(&cells[i as usize].tat);
+        if let Some(cell) = self.table.find(hash, |cell| cell.key == *key) {
+            return Some(&cell.tat);
         }
         if key.heap_bytes() > self.max_key_bytes {
             return Some(&self.overflow_tat);
@@ -129,11 +136,7 @@ impl<K: RateKey> Shard<K> {
     }
 
     fn slot(&mut self, key: &K, hash: u64, now: u64) -> Slot {
-        let cells = &self.cells;
-        if let Some(&i) = self
-            .index
-            .find(hash, |&i| cells[i as usize].key.as_ref() == Some(key))
-        {
+        if let Some(i) = self.table.find_bucket_index(hash, |cell| cell.key == *key) {
             return Slot::Cell(i);
         }
         self.insert(key, hash, now)
@@ -152,47 +155,33 @@ impl<K: RateKey> Shard<K> {
             }
         }
         let cell = Cell {
-            key: Some(key.clone()),
+            key: key.clone(),
             hash,
             // A key leaving overflow carries the overflow bucket's debt, and
             // no new cell is fresher than the last one swept.
             tat: AtomicU64::new((*self.overflow_tat.get_mut()).max(self.swept_at)),
         };
-        let i = if let Some(i) = self.free.pop() {
-            self.cells[i as usize] = cell;
-            i
-        } else {
-            self.cells.push(cell);
-            (self.cells.len() - 1) as u32
-        };
-        let cells = &self.cells;
-        self.index
-            .insert_unique(hash, i, |&j| cells[j as usize].hash);
         self.bytes += cost;
-        Slot::Cell(i)
+        let entry = self.table.insert_unique(hash, cell, |cell| cell.hash);
+        Slot::Cell(entry.bucket_index())
     }
 
     fn has_room(&self, cost: usize) -> bool {
-        let entries_ok = !self.free.is_empty() || self.cells.len() < self.max_entries;
-        entries_ok && self.bytes.saturating_add(cost) <= self.max_bytes
+        self.table.len() < self.max_entries && self.bytes.saturating_add(cost) <= self.max_bytes
     }
 
-    /// Moves the clock hand over `steps` cells, freeing the idle ones.
+    /// Moves the clock hand over `steps` buckets, freeing the idle keys.
     fn sweep(&mut self, now: u64, steps: usize) {
-        for _ in 0..steps.min(self.cells.len()) {
-            if self.hand >= self.cells.len() {
+        let buckets = self.table.num_buckets();
+        for _ in 0..steps.min(buckets) {
+            if self.hand >= buckets {
                 self.hand = 0;
             }
-            let cell = &mut self.cells[self.hand];
-            if *cell.tat.get_mut() <= now {
-                if let Some(key) = cell.key.take() {
+            if let Ok(mut entry) = self.table.get_bucket_entry(self.hand) {
+                if *entry.get_mut().tat.get_mut() <= now {
+                    let (cell, _) = entry.remove();
+                    self.bytes -= Self::entry_bytes(&cell.key);
                     self.swept_at = self.swept_at.max(now);
-                    let hand = self.hand as u32;
-                    if let Ok(entry) = self.index.find_entry(cell.hash, |&j| j == hand) {
-                        entry.remove();
-                    }
-                    self.bytes -= Self::entry_bytes(&key);
-                    self.free.push(hand);
                 }
             }
             self.hand += 1;
@@ -201,7 +190,7 @@ impl<K: RateKey> Shard<K> {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.index.len()
+        self.table.len()
     }
 }
 
@@ -226,9 +215,7 @@ impl<K: RateKey> Registry<K> {
         let shards = (0..count)
             .map(|_| {
                 RwLock::new(Shard {
-                    index: HashTable::new(),
-                    cells: Vec::new(),
-                    free: Vec::new(),
+                    table: HashTable::new(),
                     hand: 0,
                     bytes: 0,
                     overflow_tat: AtomicU64::new(0),
