@@ -1,7 +1,9 @@
 //! The rate limiter's allow path (the request is admitted), against
 //! `tower::limit::RateLimit`, governor 0.10's keyed limiter (wrapped in the
 //! thinnest tower service, as tower_governor does) and
-//! `tower_resilience::ratelimiter` 0.13, in the same run; then the same
+//! `tower_resilience::ratelimiter` 0.13, in the same run (governor twice: on
+//! its default TSC clock, and on `std::time::Instant`, the clock seawall
+//! reads through `tokio::time::Instant` so that its tests can pause time); then the same
 //! with two worker threads (many keys, and one hot key); then the Redis
 //! path on loopback.
 //!
@@ -55,13 +57,28 @@ const RUN: u64 = 5_000;
 /// Far above any rate a benchmark reaches: every request is admitted.
 const HUGE: u64 = 1 << 30;
 
+/// governor's keyed limiter with clock `C`.
+type GovernorKeyed<C> = governor::RateLimiter<
+    u64,
+    governor::state::keyed::DefaultKeyedStateStore<u64>,
+    C,
+    governor::middleware::NoOpMiddleware<<C as governor::clock::Clock>::Instant>,
+>;
+
 /// governor's keyed limiter as a tower service: check the key, then call.
-#[derive(Clone)]
-struct Governed {
-    limiter: Arc<DefaultKeyedRateLimiter<u64>>,
+struct Governed<C: governor::clock::Clock> {
+    limiter: Arc<GovernorKeyed<C>>,
 }
 
-impl Service<u64> for Governed {
+impl<C: governor::clock::Clock> Clone for Governed<C> {
+    fn clone(&self) -> Self {
+        Self {
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+impl<C: governor::clock::Clock> Service<u64> for Governed<C> {
     type Response = u64;
     type Error = &'static str;
     type Future = Ready<Result<u64, &'static str>>;
@@ -79,12 +96,26 @@ impl Service<u64> for Governed {
     }
 }
 
-fn governed() -> Governed {
+fn governor_quota() -> governor::Quota {
     let rate = NonZeroU32::new(KEY_RATE).expect("non-zero");
     let burst = NonZeroU32::new(HUGE as u32).expect("non-zero");
+    governor::Quota::per_second(rate).allow_burst(burst)
+}
+
+/// governor as shipped: its default clock (quanta, the TSC).
+fn governed() -> Governed<governor::clock::DefaultClock> {
     Governed {
-        limiter: Arc::new(governor::RateLimiter::keyed(
-            governor::Quota::per_second(rate).allow_burst(burst),
+        limiter: Arc::new(DefaultKeyedRateLimiter::keyed(governor_quota())),
+    }
+}
+
+/// governor on the clock seawall reads: `std::time::Instant` (what
+/// `tokio::time::Instant::now()` is when time is not paused).
+fn governed_std_clock() -> Governed<governor::clock::MonotonicClock> {
+    Governed {
+        limiter: Arc::new(governor::RateLimiter::dashmap_with_clock(
+            governor_quota(),
+            governor::clock::MonotonicClock,
         )),
     }
 }
@@ -144,6 +175,12 @@ fn allow_path(c: &mut Criterion) {
         false,
     );
     run(c, "rate_limit_allow/governor_keyed", governed(), true);
+    run(
+        c,
+        "rate_limit_allow/governor_keyed_std_clock",
+        governed_std_clock(),
+        true,
+    );
     run(c, "rate_limit_allow/seawall_keyed", seawall_keyed(), true);
     let global = RateLimitLayer::builder()
         .limit(Limit::global("all", Quota::per_second(HUGE).burst(HUGE)))
