@@ -18,6 +18,7 @@ use seawall_circuit_breaker::{
 };
 use seawall_core::event::FnListener;
 use seawall_core::BoxError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
@@ -457,11 +458,14 @@ async fn redis_unreachable_leaves_local_judgement() {
 }
 
 /// A TCP proxy to Redis that the test can stop and start again on the same
-/// port: Redis "down" mid-run without touching the shared server.
+/// port, or slow down: Redis "down" or "slow" mid-run without touching the
+/// shared server.
 struct Proxy {
     port: u16,
     upstream: String,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Added before every chunk Redis sends back, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -472,6 +476,7 @@ impl Proxy {
             port,
             upstream,
             tasks: Arc::default(),
+            delay_ms: Arc::default(),
         };
         proxy.serve(listener);
         proxy
@@ -480,12 +485,35 @@ impl Proxy {
     fn serve(&self, listener: TcpListener) {
         let upstream = self.upstream.clone();
         let tasks = self.tasks.clone();
+        let delay = self.delay_ms.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let upstream = upstream.clone();
+                let delay = delay.clone();
+                let all = tasks.clone();
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_redis, mut to_redis) = outbound.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_client, &mut to_redis).await;
+                    });
+                    all.lock().unwrap().push(up);
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from_redis.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let ms = delay.load(Ordering::SeqCst);
+                        if ms > 0 {
+                            sleep(Duration::from_millis(ms)).await;
+                        }
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
                     }
                 });
                 tasks.lock().unwrap().push(conn);
@@ -499,6 +527,11 @@ impl Proxy {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
+    }
+
+    fn slow_down(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     async fn restart(&self) {
@@ -632,6 +665,82 @@ async fn redis_stopped_mid_run_fails_no_request_and_resynchronises() {
         }
         sleep(TICK).await;
     }
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_fails_no_request_and_leaves_local_judgement() {
+    if !redis_up().await {
+        return;
+    }
+    let (upstream, _) = via_proxy(&redis_url(), 0);
+    let proxy = Proxy::start(upstream).await;
+    let (_, url) = via_proxy(&redis_url(), proxy.port);
+    let s = Settings {
+        window: 20,
+        minimum_calls: 20,
+        open: Duration::from_secs(5),
+        probes: 1,
+    };
+    let prefix = unique_prefix("slow");
+    let dep = Dependency::default();
+    let mut fleet: Vec<Replica> = (0..2).map(|_| replica(&dep, s)).collect();
+    for (i, r) in fleet.iter_mut().enumerate() {
+        join_fleet(r, &url, &prefix, &format!("r{i}"), 2);
+    }
+    for _ in 0..5 {
+        for r in &mut fleet {
+            assert_eq!(call(r).await.0, Seen::Ok);
+        }
+        sleep(TICK).await;
+    }
+    wait_for("both replicas to sync", Duration::from_secs(5), || {
+        fleet
+            .iter()
+            .all(|r| r.fleet.as_ref().unwrap().fleet().connected)
+    })
+    .await;
+
+    // Every answer from Redis now comes 300 ms late, past the 50 ms timeout.
+    proxy.slow_down(Duration::from_millis(300));
+    wait_for(
+        "both replicas to give up on Redis",
+        Duration::from_secs(5),
+        || {
+            fleet
+                .iter()
+                .all(|r| !r.fleet.as_ref().unwrap().fleet().connected)
+        },
+    )
+    .await;
+    // The dependency fails: each breaker opens on its own window, with no
+    // call slowed down or failed by the slow Redis (`call` checks), and
+    // none of it by the fleet's word.
+    dep.fail(true);
+    let end = Instant::now() + Duration::from_secs(10);
+    while fleet.iter().any(|r| r.handle.state() == State::Closed) {
+        assert!(Instant::now() < end, "local judgement never opened them");
+        for r in &mut fleet {
+            call(r).await;
+        }
+    }
+    for r in &mut fleet {
+        assert_eq!(call(r).await.0, Seen::Refused);
+        assert!(!opened_by_fleet(r), "opened by a fleet that could not sync");
+    }
+
+    // Redis is quick again: the replicas sync again.
+    proxy.slow_down(Duration::ZERO);
+    wait_for(
+        "both replicas to sync again",
+        Duration::from_secs(10),
+        || {
+            fleet
+                .iter()
+                .all(|r| r.fleet.as_ref().unwrap().fleet().connected)
+        },
+    )
+    .await;
     proxy.stop();
 }
 
