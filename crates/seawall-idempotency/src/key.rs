@@ -144,7 +144,24 @@ pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 3] =
 ///
 /// Every configured field is fed with its number of lines and each line
 /// length-prefixed, so no two different sets of credentials digest alike
-/// (`Authorization: a` + `Cookie: b` is not `Authorization: ab`).
+/// (`Authorization: a` + `Cookie: b` is not `Authorization: ab`). Two rules
+/// keep one principal's retries in one scope:
+///
+/// - **`Cookie` is read as one cookie string.** An HTTP/2 client may split
+///   it into one field per cookie pair (RFC 9113 §8.2.3), and a retry over
+///   HTTP/1.1 or through a proxy sends them joined: every `Cookie` line is
+///   split at `;`, each pair trimmed of surrounding spaces and tabs, empty
+///   pairs dropped, and the rest joined with `"; "` in their order. So
+///   `cookie: a=1` + `cookie: b=2`, `cookie: a=1; b=2` and `cookie: a=1;b=2`
+///   are one principal; the pairs' order and values still count.
+/// - **`Cookie` counts only when no other listed field is present.** A
+///   request carrying `Authorization` (or `Proxy-Authorization`, or any
+///   other field in `names`) is scoped by those fields alone, so a cookie
+///   that changes between retries (a load balancer's affinity cookie,
+///   analytics) cannot make a bearer-token client's retry a second
+///   execution. A service that authenticates by cookie *and* header, where
+///   the cookie alone names the principal, should scope with
+///   [`tenant`](crate::IdempotencyLayerBuilder::tenant).
 ///
 /// ```
 /// use http::{header, HeaderMap, HeaderValue};
@@ -158,6 +175,10 @@ pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 3] =
 /// let a = CredentialDigest::of(&alice, &DEFAULT_CREDENTIAL_HEADERS).unwrap();
 /// let b = CredentialDigest::of(&bob, &DEFAULT_CREDENTIAL_HEADERS).unwrap();
 /// assert_ne!(a, b);
+/// // With Authorization, cookies do not count.
+/// let mut alice_with_cookie = alice.clone();
+/// alice_with_cookie.insert(header::COOKIE, HeaderValue::from_static("AWSALB=2"));
+/// assert_eq!(CredentialDigest::of(&alice_with_cookie, &DEFAULT_CREDENTIAL_HEADERS), Some(a));
 /// // No credentials at all: an anonymous request, no digest.
 /// assert!(CredentialDigest::of(&HeaderMap::new(), &DEFAULT_CREDENTIAL_HEADERS).is_none());
 /// ```
@@ -174,9 +195,26 @@ impl CredentialDigest {
         if !names.iter().any(|n| headers.contains_key(n)) {
             return None;
         }
+        // Cookies name the caller only when nothing else listed does.
+        let skip_cookie = names
+            .iter()
+            .any(|n| *n != COOKIE && headers.contains_key(n));
         let mut hasher = Sha256::new();
-        feed(&mut hasher, b"seawall-idempotency/credentials/v1");
+        feed(&mut hasher, b"seawall-idempotency/credentials/v2");
         for name in names {
+            if *name == COOKIE {
+                if skip_cookie {
+                    continue;
+                }
+                feed(&mut hasher, name.as_str().as_bytes());
+                // One canonical cookie string, fed as one line (when present).
+                let present = headers.contains_key(name);
+                hasher.update(u64::from(present).to_be_bytes());
+                if present {
+                    feed(&mut hasher, &cookie_string(headers));
+                }
+                continue;
+            }
             let values = headers.get_all(name);
             feed(&mut hasher, name.as_str().as_bytes());
             hasher.update((values.iter().count() as u64).to_be_bytes());
@@ -191,6 +229,26 @@ impl CredentialDigest {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+}
+
+/// Every `Cookie` line of `headers` as one cookie string (RFC 9113 §8.2.3,
+/// RFC 6265 §5.4): pairs split at `;`, trimmed of spaces and tabs, empty
+/// ones dropped, joined with `"; "` in order.
+fn cookie_string(headers: &HeaderMap) -> Vec<u8> {
+    let mut out = Vec::new();
+    let pairs = headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty());
+    for pair in pairs {
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(pair);
+    }
+    out
 }
 
 impl fmt::Debug for CredentialDigest {
@@ -486,7 +544,6 @@ mod tests {
             with(&[(AUTHORIZATION, "")]).unwrap(),
             with(&[(COOKIE, "Bearer alice")]).unwrap(),
             with(&[(PROXY_AUTHORIZATION, "Bearer alice")]).unwrap(),
-            with(&[(AUTHORIZATION, "Bearer alice"), (COOKIE, "s=1")]).unwrap(),
             with(&[(AUTHORIZATION, "Bearer "), (AUTHORIZATION, "alice")]).unwrap(),
         ];
         for (i, x) in others.iter().enumerate() {
@@ -496,12 +553,54 @@ mod tests {
             }
         }
         assert_eq!(with(&[(CONTENT_TYPE, "text/plain")]), None);
+        // With Authorization, cookies do not count (they may rotate).
+        assert_eq!(
+            with(&[(AUTHORIZATION, "Bearer alice"), (COOKIE, "AWSALB=one")]),
+            Some(alice)
+        );
+        let proxy = with(&[(PROXY_AUTHORIZATION, "Basic x")]);
+        assert_eq!(
+            with(&[(PROXY_AUTHORIZATION, "Basic x"), (COOKIE, "s=1")]),
+            proxy
+        );
         let api_key = HeaderName::from_static("x-api-key");
         let mut h = HeaderMap::new();
         h.insert(api_key.clone(), HeaderValue::from_static("k1"));
         assert!(CredentialDigest::of(&h, &DEFAULT_CREDENTIAL_HEADERS).is_none());
         assert!(CredentialDigest::of(&h, &[api_key]).is_some());
         assert!(!format!("{alice:?}").contains(&hex(alice.as_bytes())));
+    }
+
+    #[test]
+    fn crumbled_and_joined_cookies_are_one_principal() {
+        let with = |cookies: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in cookies {
+                h.append(COOKIE, HeaderValue::from_static(v));
+            }
+            CredentialDigest::of(&h, &DEFAULT_CREDENTIAL_HEADERS).unwrap()
+        };
+        let joined = with(&["session=alice; theme=dark"]);
+        for same in [
+            &["session=alice", "theme=dark"][..],
+            &["session=alice;theme=dark"],
+            &[" session=alice ;  theme=dark; "],
+            &["session=alice;", "; theme=dark"],
+            &["session=alice\t;\ttheme=dark"],
+        ] {
+            assert_eq!(with(same), joined, "{same:?}");
+        }
+        for other in [
+            &["theme=dark; session=alice"][..],
+            &["session=bob; theme=dark"],
+            &["session=alice"],
+            &["session=alice; theme=dark; x=1"],
+            &["session=alice theme=dark"],
+        ] {
+            assert_ne!(with(other), joined, "{other:?}");
+        }
+        // A cookie-only request is scoped by its cookies, even if empty.
+        assert_ne!(with(&[""]), joined);
     }
 
     #[test]

@@ -342,13 +342,18 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
     /// Scopes records by a digest of these request fields (the default
     /// scope, with [`DEFAULT_CREDENTIAL_HEADERS`]: `Authorization`,
     /// `Proxy-Authorization`, `Cookie`). Add the field of an API key your
-    /// service accepts, e.g. `x-api-key`; leave out `Cookie` if your clients
-    /// carry cookies that change between retries (analytics) and do not
-    /// authenticate with them.
+    /// service accepts, e.g. `x-api-key`; leave out `Cookie` if your
+    /// cookie-only clients carry cookies that change between retries
+    /// (analytics) and do not authenticate with them.
     ///
     /// Two requests share a record only if they carry the same values of
-    /// every field listed; a request with none of them is anonymous and
-    /// shares only with other anonymous requests. A list of no fields is
+    /// every field listed — except that `Cookie` counts only for a request
+    /// that carries none of the other listed fields (a bearer-token client's
+    /// rotating affinity cookie does not split its retries), and that
+    /// cookies split into several fields (HTTP/2) equal the same cookies
+    /// joined (see [`CredentialDigest`](crate::CredentialDigest)). A request
+    /// with none of the fields is anonymous and shares only with other
+    /// anonymous requests. A list of no fields is
     /// refused by [`build`](Self::build) (use [`unscoped`](Self::unscoped)).
     ///
     /// ```

@@ -26,8 +26,11 @@
 //!   [`credential_headers`](IdempotencyLayerBuilder::credential_headers) to
 //!   add an API-key field) joins the record key, so two principals sending
 //!   the same key value never share a record: each runs its own request
-//!   and replays only its own answer. Requests without credentials share
-//!   one anonymous scope, apart from every principal.
+//!   and replays only its own answer. `Cookie` counts only when neither
+//!   `Authorization` nor `Proxy-Authorization` is present, and split
+//!   cookie fields (HTTP/2) equal the same cookies joined (see
+//!   [`CredentialDigest`]). Requests without credentials share one
+//!   anonymous scope, apart from every principal.
 //!   [`tenant`](IdempotencyLayerBuilder::tenant) scopes by an identity you
 //!   extract instead (an account id set by authentication), and
 //!   [`unscoped`](IdempotencyLayerBuilder::unscoped) opts out. The layer's
