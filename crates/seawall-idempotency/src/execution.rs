@@ -32,7 +32,9 @@ use tower_service::Service;
 use crate::body::ResponseBody;
 use crate::error::{HandlerPanicked, StoreError, StoreErrorKind};
 use crate::event::{IdempotencyEvent, IdempotencyEventKind as Kind};
-use crate::key::{CredentialDigest, FencingToken, Fingerprint, Scope, StoreKey};
+use crate::key::{
+    CredentialDigest, FencingToken, Fingerprint, Scope, StoreKey, DEFAULT_CREDENTIAL_HEADERS,
+};
 use crate::layer::{Config, KeepPolicy, ScopeBy, Shared};
 use crate::problem::Problem;
 use crate::record::StoredResponse;
@@ -140,7 +142,12 @@ fn record_key(config: &Config, parts: &Parts, key: &str) -> StoreKey {
         ScopeBy::Shared => StoreKey::new(&config.name, Scope::Shared, key),
         ScopeBy::Tenant(f) => match f(parts) {
             Some(tenant) => StoreKey::new(&config.name, Scope::Tenant(&tenant), key),
-            None => StoreKey::new(&config.name, Scope::Anonymous, key),
+            // No tenant found: the default credential scope, never one
+            // shared by every credentialed caller the function missed.
+            None => match CredentialDigest::of(&parts.headers, &DEFAULT_CREDENTIAL_HEADERS) {
+                Some(digest) => StoreKey::new(&config.name, Scope::Credentials(&digest), key),
+                None => StoreKey::new(&config.name, Scope::Anonymous, key),
+            },
         },
         ScopeBy::Credentials(names) => match CredentialDigest::of(&parts.headers, names) {
             Some(digest) => StoreKey::new(&config.name, Scope::Credentials(&digest), key),

@@ -319,8 +319,11 @@ impl<St, L> IdempotencyLayerBuilder<St, L> {
     /// Scopes records by the tenant or principal `f` finds in the request
     /// (for example an account id that authentication put in the
     /// extensions), instead of by the request's credentials. Requests of
-    /// different tenants never share a record; requests for which `f`
-    /// returns `None` share one scope of their own.
+    /// different tenants never share a record. A request for which `f`
+    /// returns `None` falls back to the default scope: a digest of its
+    /// [`DEFAULT_CREDENTIAL_HEADERS`] (see [`CredentialDigest`](crate::CredentialDigest)), or, with
+    /// none of them, the anonymous scope shared by anonymous requests only.
+    /// Tenant and credential scopes never meet.
     ///
     /// ```
     /// # #[derive(Clone)] struct AccountId(u64);

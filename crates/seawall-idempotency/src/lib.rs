@@ -32,7 +32,8 @@
 //!   [`CredentialDigest`]). Requests without credentials share one
 //!   anonymous scope, apart from every principal.
 //!   [`tenant`](IdempotencyLayerBuilder::tenant) scopes by an identity you
-//!   extract instead (an account id set by authentication), and
+//!   extract instead (an account id set by authentication; a request it
+//!   finds no tenant for falls back to its credentials), and
 //!   [`unscoped`](IdempotencyLayerBuilder::unscoped) opts out. The layer's
 //!   name, the [`Scope`] and the key are tagged, length-prefixed and hashed
 //!   into a [`StoreKey`], so no choice of key or tenant name reaches

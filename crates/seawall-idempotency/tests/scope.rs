@@ -133,3 +133,45 @@ async fn a_rotated_cookie_beside_the_same_authorization_replays() {
     assert!(!replayed, "proxy credentials are a principal of their own");
     assert_eq!(n.load(Ordering::SeqCst), 3);
 }
+
+/// A tenant function that finds no tenant (the route's auth did not set
+/// one) falls back to the credential scope: Alice and Bob, both without a
+/// tenant, never share a record; anonymous requests still share theirs.
+#[tokio::test]
+async fn a_request_without_a_tenant_falls_back_to_its_credentials() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::builder()
+        .tenant(|parts| {
+            parts
+                .headers
+                .get("x-tenant")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .build()
+        .unwrap();
+    let (_, alice) = send(&layer, &n, post("k", &[("authorization", "Bearer alice")])).await;
+    let (replayed, bob) = send(&layer, &n, post("k", &[("authorization", "Bearer bob")])).await;
+    assert!(!replayed, "Bob got Alice's record: {bob:?}");
+    assert_ne!(alice, bob);
+    let (replayed, again) = send(&layer, &n, post("k", &[("authorization", "Bearer alice")])).await;
+    assert!(replayed);
+    assert_eq!(again, alice);
+    // A tenant and the same credentials without one are different scopes.
+    let (replayed, _) = send(
+        &layer,
+        &n,
+        post(
+            "k",
+            &[("authorization", "Bearer alice"), ("x-tenant", "acme")],
+        ),
+    )
+    .await;
+    assert!(!replayed);
+    let (_, anonymous) = send(&layer, &n, post("k", &[])).await;
+    let (replayed, again) = send(&layer, &n, post("k", &[])).await;
+    assert!(replayed);
+    assert_eq!(again, anonymous);
+    assert_eq!(n.load(Ordering::SeqCst), 4);
+}
