@@ -16,9 +16,10 @@ use seawall_lab::scenario::Scenario;
 use seawall_lab::{chart, report};
 
 /// Runs failure scenarios (outage, brownout, overload, retry storm, slow
-/// dependency, duplicate POSTs) through four client stacks — no resilience,
-/// tower's built-ins, tower-resilience, seawall — with the same arrivals, in
-/// virtual time, and compares them.
+/// dependency, duplicate POSTs, slow tail) through four client stacks — no
+/// resilience, tower's built-ins, tower-resilience, seawall — plus seawall's
+/// hedged stack and client preset where a scenario asks, with the same
+/// arrivals, in virtual time, and compares them.
 #[derive(Debug, Parser)]
 #[command(name = "seawall-lab", version)]
 struct Args {
