@@ -558,6 +558,25 @@ struct Settings {
 }
 
 /// The fleet as this replica last saw it, from [`FleetHandle::fleet`].
+///
+/// For a health page, say, next to the local breaker's state:
+///
+/// ```no_run
+/// use seawall_circuit_breaker::{FleetHandle, State};
+///
+/// fn health(fleet: &FleetHandle) -> String {
+///     let view = fleet.fleet();
+///     format!(
+///         "local {} / fleet {} (epoch {}, {} of {} replicas failing, {})",
+///         fleet.local().state().as_str(),
+///         view.state.map_or("unknown", State::as_str),
+///         view.epoch,
+///         view.failing_replicas,
+///         view.live_replicas,
+///         if view.connected { "synced" } else { "judging alone" },
+///     )
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct FleetView {
@@ -626,6 +645,35 @@ impl FleetView {
 ///
 /// Cheap to clone; the sync stops when the last clone is dropped (the local
 /// breaker then judges alone, after at most one [`hold`](FleetSync::hold)).
+///
+/// With no Redis to reach, the breaker keeps judging alone and the view
+/// says so:
+///
+/// ```
+/// use std::time::Duration;
+/// use seawall_circuit_breaker::{CircuitBreakerLayer, FleetSync, State};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let breaker = CircuitBreakerLayer::new();
+/// // Nothing listens on port 1.
+/// let fleet = FleetSync::builder("redis://127.0.0.1:1", "inventory")
+///     .interval(Duration::from_millis(10))
+///     .timeout(Duration::from_millis(10))
+///     .spawn(breaker.handle())
+///     .expect("valid settings");
+///
+/// let mut views = fleet.subscribe();
+/// let view = views
+///     .wait_for(|v| v.failed_syncs > 0)
+///     .await
+///     .expect("the sync runs")
+///     .clone();
+/// assert!(!view.connected);
+/// assert_eq!(view.state, None); // never heard from the fleet
+/// assert_eq!(fleet.local().state(), State::Closed);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct FleetHandle {
     local: Handle,
@@ -996,5 +1044,69 @@ impl Task {
             v.probing = false;
             v.failed_syncs += 1;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(items: Vec<Value>) -> Value {
+        Value::Array(items)
+    }
+
+    fn good(holder: &str) -> Vec<Value> {
+        vec![
+            Value::Int(3),
+            Value::BulkString(b"open".to_vec()),
+            Value::Int(-5),
+            Value::BulkString(holder.as_bytes().to_vec()),
+            Value::Int(3),
+            Value::Int(60),
+            Value::Int(40),
+            Value::Int(0),
+            Value::Int(2),
+            Value::Int(0),
+        ]
+    }
+
+    #[test]
+    fn parses_the_script_reply() {
+        let r = parse(&reply(good("r1"))).expect("well formed");
+        assert_eq!(r.epoch, 3);
+        assert!(r.open);
+        assert_eq!(r.remaining_ms, -5);
+        assert_eq!(r.holder.as_deref(), Some("r1"));
+        assert_eq!(
+            (r.live, r.calls, r.failures, r.slow, r.failing),
+            (3, 60, 40, 0, 2)
+        );
+        let r = parse(&reply(good(""))).expect("well formed");
+        assert_eq!(r.holder, None);
+    }
+
+    /// Anything else is a failed sync (local judgement), never a panic.
+    #[test]
+    fn a_malformed_reply_is_none() {
+        assert!(parse(&Value::Nil).is_none());
+        assert!(parse(&reply(good("r1")[..9].to_vec())).is_none());
+        let mut negative = good("r1");
+        negative[5] = Value::Int(-1);
+        assert!(parse(&reply(negative)).is_none());
+        let mut wrong = good("r1");
+        wrong[1] = Value::Int(1);
+        assert!(parse(&reply(wrong)).is_none());
+    }
+
+    #[test]
+    fn durations_go_to_redis_in_whole_milliseconds_of_at_least_one() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_micros(1500)), 1);
+        assert_eq!(millis(Duration::from_secs(2)), 2000);
+    }
+
+    #[test]
+    fn random_replica_ids_differ() {
+        assert_ne!(random_replica_id(), random_replica_id());
     }
 }
