@@ -936,7 +936,7 @@ impl Task {
         let remaining = Duration::from_millis(u64::try_from(r.remaining_ms).unwrap_or(0));
         let over = r.open && r.remaining_ms <= 0;
         self.fleet_until = r.open.then(|| now + remaining);
-        let (word, _) = self.local().fleet_snapshot();
+        let (word, counts) = self.local().fleet_snapshot();
         let local = state_of(word);
         if !r.open {
             if r.epoch != self.applied_epoch {
@@ -988,9 +988,10 @@ impl Task {
             self.stale_open = false;
             let until = (now + remaining).max(now + self.settings.hold);
             self.local().fleet_open_until(until, r.epoch);
-        } else if over && local == State::Closed {
-            // The fleet stayed open while this replica judged alone and
-            // closed: with the lease, its local verdict closes the fleet.
+        } else if over && local == State::Closed && self.healthy_alone(counts) {
+            // The fleet stayed open while this replica judged alone, probed
+            // and closed, and its calls since are healthy: with the lease,
+            // its local verdict closes the fleet.
             self.stale_open = true;
             if mine && self.verdict.is_none() {
                 self.verdict = Some(Verdict {
@@ -1026,6 +1027,20 @@ impl Task {
             v.last_sync = Some(now);
             v.syncs += 1;
         });
+    }
+
+    /// Whether this replica's own calls since it closed say the dependency
+    /// is healthy: some calls, under the failure and slow-call thresholds.
+    /// A metrics-only breaker, which never opens, has no such verdict.
+    fn healthy_alone(&self, c: Counts) -> bool {
+        let cfg = self.local().config();
+        if cfg.metrics_only || c.calls == 0 {
+            return false;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let (calls, failures, slow) = (c.calls as f64, c.failures as f64, c.slow as f64);
+        failures / calls < cfg.failure_rate
+            && (cfg.slow_call_duration.is_none() || slow / calls < cfg.slow_call_rate)
     }
 
     /// Redis failed or timed out: local judgement, at once.
