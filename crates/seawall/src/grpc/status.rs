@@ -35,8 +35,9 @@ fn status_of(answer: &Answer) -> Status {
     )
 }
 
-/// The [`Status`] for an error, with seawall's own text only: safe to send
-/// to a remote caller.
+/// The [`Status`] for an error, with seawall's own text only: no text,
+/// details or metadata of any other error reaches it, so it may be sent to
+/// a remote caller.
 ///
 /// - A seawall rejection anywhere in the source chain gives its code
 ///   ([`Rejected::grpc_code`](crate::Rejected::grpc_code): `UNAVAILABLE` for
@@ -45,7 +46,14 @@ fn status_of(answer: &Answer) -> Status {
 ///   `grpc-retry-pushback-ms` metadata.
 /// - tower's or tokio's `Elapsed` gives `DEADLINE_EXCEEDED`, tower's
 ///   `Overloaded` `UNAVAILABLE`.
-/// - A `Status` in the chain is copied as it is.
+/// - A `Status` in the chain (one a downstream service answered, say) keeps
+///   only its code: the message becomes the fixed "the upstream call
+///   failed", and its details and metadata (which may carry the
+///   downstream's internal text, tokens or its own pushback) are dropped.
+///   A client that wants the downstream status as it came uses
+///   [`into_status`] or the error itself; a server proxying statuses should
+///   also consider whether the downstream's code (`UNAUTHENTICATED`,
+///   `NOT_FOUND`...) means the same to its own callers.
 /// - Anything else gives `UNKNOWN` with a fixed message.
 ///
 /// ```
@@ -68,6 +76,11 @@ fn status_of(answer: &Answer) -> Status {
 /// let status = grpc::to_status(&*secret);
 /// assert_eq!(status.code(), Code::Unknown);
 /// assert!(!status.message().contains("hunter2"));
+///
+/// let downstream: BoxError = tonic::Status::not_found("row 7 in db10.internal").into();
+/// let status = grpc::to_status(&*downstream);
+/// assert_eq!(status.code(), Code::NotFound);
+/// assert_eq!(status.message(), "the upstream call failed");
 /// ```
 pub fn to_status(err: &(dyn Error + 'static)) -> Status {
     if let Some(answer) = seawall_answer(err) {
@@ -76,12 +89,9 @@ pub fn to_status(err: &(dyn Error + 'static)) -> Status {
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(status) = e.downcast_ref::<Status>() {
-            return Status::with_details_and_metadata(
-                status.code(),
-                status.message(),
-                status.details().to_vec().into(),
-                status.metadata().clone(),
-            );
+            // The code only: the message, details and metadata are the
+            // downstream's text, not seawall's.
+            return Status::new(status.code(), "the upstream call failed");
         }
         current = e.source();
     }
@@ -282,6 +292,39 @@ mod tests {
         assert_eq!(status.message(), "the request failed");
         // into_status leaves unknown errors to tonic, for local use.
         assert_eq!(into_status(err).code(), Code::Unknown);
+    }
+
+    #[test]
+    fn to_status_keeps_only_the_code_of_a_downstream_status() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("x-internal-token", MetadataValue::from_static("SECRET-T"));
+        metadata.insert("grpc-retry-pushback-ms", MetadataValue::from_static("5"));
+        let downstream = Status::with_details_and_metadata(
+            Code::PermissionDenied,
+            "user 42 lacks role admin on db10.internal (SECRET-M)",
+            b"SECRET-D".to_vec().into(),
+            metadata,
+        );
+        #[derive(Debug)]
+        struct Wrapped(Status);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("call failed")
+            }
+        }
+        impl Error for Wrapped {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err: BoxError = Box::new(Wrapped(downstream));
+        let status = to_status(&*err);
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.message(), "the upstream call failed");
+        assert!(status.details().is_empty());
+        assert!(status.metadata().is_empty(), "{:?}", status.metadata());
+        let shown = format!("{status:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
     }
 
     #[test]
