@@ -269,6 +269,16 @@ async fn the_fleet_trips_together_and_probes_once_per_half_open_period() {
         }
         sleep(TICK).await;
     }
+    let opened_at: Vec<JoinHandle<Instant>> = fleet
+        .iter()
+        .map(|r| {
+            let mut changes = r.handle.subscribe();
+            tokio::spawn(async move {
+                let _ = changes.wait_for(|s| *s == State::Open).await;
+                Instant::now()
+            })
+        })
+        .collect();
     dep.fail(true);
     let before = dep.calls();
     let end = Instant::now() + Duration::from_secs(10);
@@ -289,6 +299,18 @@ async fn the_fleet_trips_together_and_probes_once_per_half_open_period() {
     );
     // The fleet opened them: no replica reached its own minimum calls.
     assert!(fleet.iter().all(opened_by_fleet));
+    // All within one sync interval of the first (plus slack for a loaded
+    // machine).
+    let mut times = Vec::new();
+    for at in opened_at {
+        times.push(at.await.unwrap());
+    }
+    let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    eprintln!("replicas opened within {spread:?} of each other");
+    assert!(
+        spread <= INTERVAL + Duration::from_millis(150),
+        "replicas opened {spread:?} apart"
+    );
     let views: Vec<_> = fleet
         .iter()
         .map(|r| r.fleet.as_ref().unwrap().fleet())
