@@ -50,7 +50,9 @@
 //! granted again only when the previous holder neither started its probes
 //! nor published a verdict before its lease expired (it crashed, lost
 //! Redis, or got no traffic). With live replicas that have traffic, that is
-//! `half_open_probes` × 1.
+//! `half_open_probes` × 1. A replica whose sync fails judges alone until
+//! the next one succeeds (see below) and may send its own
+//! `half_open_probes` meanwhile: add that many per such fallback.
 //!
 //! # One bad replica cannot open the fleet
 //!

@@ -319,6 +319,13 @@ async fn the_fleet_trips_together_and_probes_once_per_half_open_period() {
 
     // Half-open: the dependency stays down for two more open periods, then
     // heals. Only the probe lease holder probes.
+    let failed_syncs = |fleet: &[Replica]| -> u64 {
+        fleet
+            .iter()
+            .map(|r| r.fleet.as_ref().unwrap().fleet().failed_syncs)
+            .sum()
+    };
+    let failed_before = failed_syncs(&fleet);
     let mut probes = 0;
     let heal_at = Instant::now() + s.open * 2 + Duration::from_millis(200);
     let end = Instant::now() + Duration::from_secs(15);
@@ -344,13 +351,17 @@ async fn the_fleet_trips_together_and_probes_once_per_half_open_period() {
         .unwrap();
     // Every half-open period ended with one verdict, one epoch each.
     let periods = final_epoch - trip_epoch;
-    eprintln!("{probes} probes over {periods} half-open periods");
+    // The stated bound: `half_open_probes` per half-open period, plus (only
+    // if a sync failed, which sends that replica back to judging alone) as
+    // many per failed sync. On a quiet machine no sync fails.
+    let fallbacks = failed_syncs(&fleet) - failed_before;
+    eprintln!("{probes} probes over {periods} half-open periods ({fallbacks} failed syncs)");
     assert!(
         periods >= 2,
         "expected at least one failed and one healthy verdict"
     );
     assert!(
-        probes <= u64::from(s.probes) * periods,
+        probes <= u64::from(s.probes) * (periods + fallbacks),
         "{probes} probes over {periods} half-open periods of {} probes each",
         s.probes
     );
