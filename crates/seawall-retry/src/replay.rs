@@ -155,7 +155,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// Retries HTTP requests safely.
 ///
 /// - Only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) or
-///   requests carrying an `Idempotency-Key` header are retried, unless
+///   requests carrying a usable `Idempotency-Key` header (one line, neither
+///   blank nor an empty string `""`) are retried, unless
 ///   [`any_method`](HttpReplay::any_method) is set: a POST that reached the
 ///   server once may have had its effect, and sending it again could charge a
 ///   card twice.
@@ -270,7 +271,10 @@ impl<K> HttpReplay<K> {
         }
     }
 
-    /// `true` if a request with this method and headers may be retried.
+    /// `true` if a request with this method and headers may be retried:
+    /// [`any_method`](Self::any_method), an idempotent method, or a usable
+    /// `Idempotency-Key`: exactly one header line, neither blank nor an
+    /// empty structured-field string (`""`).
     pub fn may_retry(&self, method: &Method, headers: &HeaderMap) -> bool {
         self.any_method
             || matches!(
@@ -282,8 +286,28 @@ impl<K> HttpReplay<K> {
                     | Method::DELETE
                     | Method::TRACE
             )
-            || headers.contains_key(IDEMPOTENCY_KEY)
+            || has_idempotency_key(headers)
     }
+}
+
+/// `true` when `headers` carry a usable `Idempotency-Key`: exactly one
+/// header line, whose value is not blank (empty or only spaces and tabs) and
+/// is not an empty structured-field string (`""`, with or without
+/// parameters).
+///
+/// A server that deduplicates (`seawall-idempotency`, Stripe, the IETF
+/// draft) refuses a repeated, empty or blank key with `400`, and one that
+/// does not would treat each copy as a new request: neither makes sending
+/// the request twice safe. The value is not otherwise parsed (one pass over
+/// its bytes, no allocation); what the server accepts as a key is the
+/// server's rule.
+fn has_idempotency_key(headers: &HeaderMap) -> bool {
+    let mut lines = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let (Some(value), None) = (lines.next(), lines.next()) else {
+        return false;
+    };
+    let value = value.as_bytes().trim_ascii();
+    !value.is_empty() && !value.starts_with(b"\"\"")
 }
 
 /// A request kept for replay by [`HttpReplay`]: its head and whole body.

@@ -497,3 +497,52 @@ async fn do_not_retry_hints_end_retrying_even_without_a_delay_cap() {
         assert_eq!(start.elapsed(), Duration::ZERO, "{header}");
     }
 }
+
+/// An `Idempotency-Key` licenses a retry only when it is one usable key:
+/// an empty, blank, `""` (an empty structured-field string) or repeated
+/// key is refused by a deduplicating server and ignored by any other, so
+/// such a POST is sent once.
+#[tokio::test(start_paused = true)]
+async fn post_with_an_unusable_key_is_not_retried() {
+    let unusable: [&[&[u8]]; 6] = [
+        &[b""],
+        &[b"   "],
+        &[b"\t"],
+        &[b"\"\""],
+        &[b"\"\";p=1"],
+        &[b"k-1", b"k-2"],
+    ];
+    for values in unusable {
+        let mut headers = http::HeaderMap::new();
+        for v in values {
+            headers.append(IDEMPOTENCY_KEY, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        assert!(
+            !HttpReplay::new().may_retry(&Method::POST, &headers),
+            "{values:?}"
+        );
+        let (log, svc) = server(vec![status(503), status(201)]);
+        let mut req = Request::post("/orders")
+            .body(Full::new(Bytes::from_static(b"{\"qty\":1}")))
+            .unwrap();
+        *req.headers_mut() = headers;
+        let res = layer()
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{values:?}");
+        assert_eq!(log.lock().unwrap().len(), 1, "{values:?} sent twice");
+    }
+    // One usable key, bare or as a string, is retried.
+    for value in ["k-1", " k-1 ", "\"order-42\""] {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(IDEMPOTENCY_KEY, value.parse().unwrap());
+        assert!(
+            HttpReplay::new().may_retry(&Method::POST, &headers),
+            "{value}"
+        );
+    }
+}

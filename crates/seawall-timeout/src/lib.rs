@@ -80,8 +80,8 @@
 //!
 //! - **Only requests safe to send twice.** [`HttpRequests`] hedges
 //!   idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) and
-//!   requests with an `Idempotency-Key`; a `POST` without one is sent
-//!   exactly once. gRPC methods are hedged only when opted in by path.
+//!   requests with one usable `Idempotency-Key` (not blank, `""` or
+//!   repeated); a `POST` without one is sent exactly once. gRPC methods are hedged only when opted in by path.
 //!   [`CloneRequests`] hedges generic `Clone` requests, all or those a
 //!   predicate accepts.
 //! - **A budget.** Every hedgeable request earns a share of a token (5% by

@@ -263,6 +263,41 @@ async fn a_post_without_a_key_is_never_sent_twice() {
     assert_eq!(calls.len(), 1);
 }
 
+/// Only one usable `Idempotency-Key` makes a POST safe to send twice: an
+/// empty, blank, `""` (an empty structured-field string) or repeated key is
+/// refused by a deduplicating server and ignored by any other.
+#[tokio::test(start_paused = true)]
+async fn a_post_with_an_unusable_key_is_never_sent_twice() {
+    let unusable: [&[&[u8]]; 6] = [
+        &[b""],
+        &[b"   "],
+        &[b"\t"],
+        &[b"\"\""],
+        &[b"\"\";p=1"],
+        &[b"k-1", b"k-2"],
+    ];
+    for values in unusable {
+        let mut req = Request::post("/payments")
+            .body(Full::new(Bytes::from_static(b"charge 10 EUR")))
+            .unwrap();
+        for v in values {
+            req.headers_mut()
+                .append("idempotency-key", http::HeaderValue::from_bytes(v).unwrap());
+        }
+        let (took, calls) = send(HttpRequests::new(), req).await;
+        assert_eq!(calls.len(), 1, "{values:?}: {calls:?}");
+        assert_eq!(took, Duration::from_secs(1), "{values:?}");
+    }
+    for key in ["\"order-42\"", " k-1 "] {
+        let req = Request::post("/payments")
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::from_static(b"charge 10 EUR")))
+            .unwrap();
+        let (_, calls) = send(HttpRequests::new(), req).await;
+        assert_eq!(calls.len(), 2, "{key}: a usable key is hedged");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn safe_requests_are_hedged_with_the_same_body() {
     let body = || Full::new(Bytes::from_static(b"state=on"));

@@ -98,7 +98,11 @@ impl<Req: Clone, F: HedgePredicate<Req>> HedgePolicy<Req> for CloneRequests<F> {
 /// Hedges `http::Request`s that are safe to send twice:
 ///
 /// - idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), or any
-///   request carrying an `Idempotency-Key` header;
+///   request carrying one usable `Idempotency-Key`: a single header line,
+///   neither blank nor an empty structured-field string (`""`), the rule of
+///   [`HttpReplay::may_retry`]. An empty, blank, `""` or repeated key is
+///   refused by a deduplicating server and ignored by any other, so such a
+///   request is sent once;
 /// - gRPC calls (always POST) only for the methods opted in by path with
 ///   [`grpc_method`](HttpRequests::grpc_method), e.g.
 ///   `"/helloworld.Greeter/SayHello"`: whether a gRPC method is idempotent
