@@ -340,6 +340,61 @@ impl HealthRegistry {
         HealthSnapshot { status, components }
     }
 
+    /// Sets the `metrics` gauges of every registered breaker and bulkhead
+    /// from its handle: `seawall_circuit_breaker_state{name,state}` (1 for
+    /// the current state, 0 for the others) and
+    /// `seawall_in_flight` / `seawall_queued` / `seawall_limit`
+    /// `{pattern="bulkhead",name}` — the same series
+    /// [`MetricsListener`](crate::core::event::MetricsListener) sets from
+    /// events. Events only move a gauge when something happens (a refusal,
+    /// a transition); call this before each scrape, or on an interval, so
+    /// the gauges are current and exist from the start.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn export_metrics(&self) {
+        let sources: Vec<(String, Source)> = self.read(|components| {
+            components
+                .iter()
+                .map(|c| (c.name.clone(), c.source.clone()))
+                .collect()
+        });
+        for (registered, source) in sources {
+            match source {
+                #[cfg(feature = "circuit-breaker")]
+                Source::Breaker(handle) => {
+                    let current = handle.state();
+                    let name = handle.name().to_owned();
+                    for state in crate::circuit_breaker::State::ALL {
+                        let value = if state == current { 1.0 } else { 0.0 };
+                        metrics::gauge!(
+                            "seawall_circuit_breaker_state",
+                            "name" => name.clone(),
+                            "state" => state.as_str(),
+                        )
+                        .set(value);
+                    }
+                }
+                #[cfg(feature = "bulkhead")]
+                Source::Bulkhead(handle) => {
+                    let name = handle.name().to_owned();
+                    let gauges = [
+                        ("seawall_in_flight", handle.in_flight()),
+                        ("seawall_queued", handle.queued()),
+                        ("seawall_limit", handle.limit()),
+                    ];
+                    for (metric, value) in gauges {
+                        metrics::gauge!(metric, "pattern" => "bulkhead", "name" => name.clone())
+                            .set(value as f64);
+                    }
+                }
+                Source::Custom(check) => {
+                    let up = if check() == Status::Down { 0.0 } else { 1.0 };
+                    metrics::gauge!("seawall_health_up", "name" => registered).set(up);
+                }
+            }
+        }
+    }
+
     /// A service answering every request with `200` and the JSON snapshot.
     pub fn health_service(&self) -> HealthService {
         HealthService {
@@ -433,6 +488,60 @@ mod tests {
         assert_eq!(snap.components.len(), 1);
         assert_eq!(snap.status, Status::Up);
         assert!(!snap.components["x"].critical);
+    }
+
+    #[cfg(all(feature = "metrics", feature = "circuit-breaker", feature = "bulkhead"))]
+    #[test]
+    fn export_metrics_sets_gauges_from_the_handles() {
+        use crate::bulkhead::BulkheadLayer;
+        use crate::circuit_breaker::CircuitBreakerLayer;
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let breaker = CircuitBreakerLayer::builder()
+            .name("payments")
+            .build()
+            .unwrap();
+        let bulkhead = BulkheadLayer::builder()
+            .name("db")
+            .max_concurrent(7)
+            .build()
+            .unwrap();
+        let registry = HealthRegistry::new();
+        registry.register_breaker("payments", breaker.handle());
+        registry.register_bulkhead("db", bulkhead.handle());
+        breaker.handle().force_open();
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || registry.export_metrics());
+        let snapshot = snapshotter.snapshot().into_vec();
+        let gauge = |name: &str, label: (&str, &str)| {
+            snapshot
+                .iter()
+                .find(|(k, ..)| {
+                    k.key().name() == name
+                        && k.key()
+                            .labels()
+                            .any(|l| l.key() == label.0 && l.value() == label.1)
+                })
+                .map(|(_, _, _, v)| v)
+        };
+        assert_eq!(
+            gauge("seawall_circuit_breaker_state", ("state", "forced_open")),
+            Some(&DebugValue::Gauge(1.0.into()))
+        );
+        assert_eq!(
+            gauge("seawall_circuit_breaker_state", ("state", "closed")),
+            Some(&DebugValue::Gauge(0.0.into()))
+        );
+        assert_eq!(
+            gauge("seawall_limit", ("name", "db")),
+            Some(&DebugValue::Gauge(7.0.into()))
+        );
+        assert_eq!(
+            gauge("seawall_in_flight", ("name", "db")),
+            Some(&DebugValue::Gauge(0.0.into()))
+        );
     }
 
     #[cfg(feature = "circuit-breaker")]

@@ -9,8 +9,8 @@
 //! | position | layer | default | why here |
 //! |---|---|---|---|
 //! | 1 | total timeout (`tower::timeout`) | 30 s | bounds the whole call, backoff sleeps included, so a caller never waits longer |
-//! | 2 | [`JitterRetryLayer`](crate::retry::JitterRetryLayer) | 3 attempts, exponential backoff from 2 s with full jitter, a 20% retry budget | outside the breaker, so an open breaker's refusal is seen (and its `Retry-After` honoured) rather than retried blindly |
-//! | 3 | [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer) | opens at 10% failures over a 30 s window once it holds 100 calls; open 5 s | sees every attempt, so it judges the dependency, not the caller's retries |
+//! | 2 | [`JitterRetryLayer`] | 3 attempts, exponential backoff from 2 s with full jitter, a 20% retry budget | outside the breaker, so an open breaker's refusal is seen (and its `Retry-After` honoured) rather than retried blindly |
+//! | 3 | [`CircuitBreakerLayer`] | opens at 10% failures over a 30 s window once it holds 100 calls; open 5 s | sees every attempt, so it judges the dependency, not the caller's retries |
 //! | 4 | attempt timeout (`tower::timeout`) | 10 s | innermost, so a hung attempt ends as a failure the breaker counts and the retry can repeat |
 //!
 //! The timeouts and the breaker's numbers are those of .NET's standard
@@ -65,7 +65,18 @@ use seawall_core::{ConfigError, ErrorsFail, HttpClassifier};
 use tower::timeout::{Timeout, TimeoutLayer};
 use tower_layer::Layer;
 
-use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Handle as BreakerHandle};
+use crate::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerEvent, CircuitBreakerLayer, Handle as BreakerHandle,
+};
+use seawall_core::event::{FnListener, Listener};
+
+/// A listener whose concrete type the presets erase: layers whose listener
+/// is not a type parameter take it as this.
+type ErasedListener<E> = FnListener<Box<dyn Fn(&E) + Send + Sync>>;
+
+fn erase<E: 'static, L: Listener<E>>(listener: L) -> ErasedListener<E> {
+    FnListener::new(Box::new(move |event: &E| listener.on_event(event)))
+}
 use crate::retry::{CloneRequest, HttpReplay, JitterRetry, JitterRetryLayer, RetryBudget};
 
 /// A client stack builder with the defaults in the [module docs](self), for
@@ -105,6 +116,7 @@ pub struct ClientStackBuilder<P = CloneRequest, C = ErrorsFail> {
     open_duration: Duration,
     replay: P,
     classifier: C,
+    breaker_listener: Option<ErasedListener<CircuitBreakerEvent>>,
 }
 
 impl<P, C> fmt::Debug for ClientStackBuilder<P, C> {
@@ -139,7 +151,16 @@ impl<P, C> ClientStackBuilder<P, C> {
             open_duration: Duration::from_secs(5),
             replay,
             classifier,
+            breaker_listener: None,
         }
+    }
+
+    /// Sends the circuit breaker's events (state changes, refusals, calls)
+    /// to `listener`, e.g. `seawall::core::event::MetricsListener` or
+    /// `TracingListener`.
+    pub fn breaker_listener<L: Listener<CircuitBreakerEvent>>(mut self, listener: L) -> Self {
+        self.breaker_listener = Some(erase(listener));
+        self
     }
 
     /// The name of the retry and breaker layers, used in events, metrics
@@ -238,8 +259,11 @@ impl<P, C> ClientStackBuilder<P, C> {
             .failure_rate_threshold(self.failure_rate)
             .minimum_calls(self.minimum_calls)
             .time_window(self.window, 10)
-            .open_duration(self.open_duration)
-            .build()?;
+            .open_duration(self.open_duration);
+        let breaker = match self.breaker_listener {
+            Some(listener) => breaker.listener(listener).build()?,
+            None => breaker.build()?,
+        };
         Ok(ClientStack {
             total: TimeoutLayer::new(self.total_timeout),
             retry,
@@ -314,13 +338,26 @@ impl<S, P, C> Layer<S> for ClientStack<P, C> {
 #[cfg(all(feature = "bulkhead", feature = "http"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "bulkhead", feature = "http"))))]
 #[must_use]
-#[derive(Debug)]
 pub struct ServerStackBuilder {
     name: String,
     max_concurrent: usize,
     max_queue: usize,
     max_wait: Option<Duration>,
     timeout: Duration,
+    bulkhead_listener: Option<ErasedListener<crate::bulkhead::BulkheadEvent>>,
+}
+
+#[cfg(all(feature = "bulkhead", feature = "http"))]
+impl fmt::Debug for ServerStackBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerStackBuilder")
+            .field("name", &self.name)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("max_queue", &self.max_queue)
+            .field("max_wait", &self.max_wait)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(all(feature = "bulkhead", feature = "http"))]
@@ -332,7 +369,18 @@ impl ServerStackBuilder {
             max_queue: 0,
             max_wait: None,
             timeout: Duration::from_secs(30),
+            bulkhead_listener: None,
         }
+    }
+
+    /// Sends the bulkhead's events (refusals, limit changes) to `listener`,
+    /// e.g. `seawall::core::event::MetricsListener`.
+    pub fn bulkhead_listener<L: Listener<crate::bulkhead::BulkheadEvent>>(
+        mut self,
+        listener: L,
+    ) -> Self {
+        self.bulkhead_listener = Some(erase(listener));
+        self
     }
 
     /// The bulkhead's name, used in events, metrics and health reports
@@ -371,12 +419,15 @@ impl ServerStackBuilder {
                 "must be greater than zero",
             ));
         }
-        let bulkhead = crate::bulkhead::BulkheadLayer::builder()
+        let mut bulkhead = crate::bulkhead::BulkheadLayer::builder()
             .name(self.name.as_str())
             .max_concurrent(self.max_concurrent)
             .max_queue(self.max_queue)
-            .max_wait(self.max_wait)
-            .build()?;
+            .max_wait(self.max_wait);
+        if let Some(listener) = self.bulkhead_listener {
+            bulkhead = bulkhead.listener(listener);
+        }
+        let bulkhead = bulkhead.build()?;
         Ok(ServerStack {
             bulkhead,
             timeout: TimeoutLayer::new(self.timeout),
@@ -499,11 +550,47 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_listener_sees_the_trip() {
+        use crate::circuit_breaker::{EventKind, State};
+        use std::sync::Mutex;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let stack = client()
+            .minimum_calls(2)
+            .failure_rate(0.5)
+            .max_attempts(1)
+            .breaker_listener(FnListener::new(move |e: &CircuitBreakerEvent| {
+                if let EventKind::StateTransition { to, .. } = e.kind() {
+                    log.lock().unwrap().push(*to);
+                }
+            }))
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(stack)
+            .service_fn(|_: u32| async { Err::<u32, BoxError>("down".into()) });
+        for _ in 0..2 {
+            assert!(svc.ready().await.unwrap().call(1).await.is_err());
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![State::Open]);
+    }
+
     #[cfg(all(feature = "bulkhead", feature = "http"))]
     #[tokio::test(start_paused = true)]
     async fn the_server_stack_refuses_past_its_limit_with_503() {
         use http::{Request, Response, StatusCode};
-        let stack = server().max_concurrent(1).build().unwrap();
+        let refusals = Arc::new(AtomicU32::new(0));
+        let counted = refusals.clone();
+        let stack = server()
+            .max_concurrent(1)
+            .bulkhead_listener(FnListener::new(
+                move |_: &crate::bulkhead::BulkheadEvent| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                },
+            ))
+            .build()
+            .unwrap();
         let bulkhead = stack.bulkhead();
         let mut svc = ServiceBuilder::new()
             .layer(stack)
@@ -523,6 +610,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            refusals.load(Ordering::SeqCst),
+            1,
+            "the listener saw the refusal"
+        );
         assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
     }
 }
