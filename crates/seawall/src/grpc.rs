@@ -3,7 +3,9 @@
 //! **Server.** [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
 //! answers a request whose `content-type` is `application/grpc*` with a
 //! trailers-only gRPC response ([`error_response`]): HTTP 200,
-//! `content-type: application/grpc`, no body, and in the headers
+//! `content-type: application/grpc` (`application/grpc-web` or
+//! `application/grpc-web-text` for a gRPC-Web request), no body, and in the
+//! headers
 //!
 //! | error | `grpc-status` |
 //! |---|---|

@@ -30,7 +30,11 @@ use super::problem::Answer;
 /// `RESOURCE_EXHAUSTED` for a rate limit, `DEADLINE_EXCEEDED` for a
 /// timeout, `UNKNOWN` for any other error, with `grpc-retry-pushback-ms`
 /// from the hint. A tonic client then sees the right `Code` instead of
-/// failing to read a problem document as a gRPC frame.
+/// failing to read a problem document as a gRPC frame. The answer's
+/// `content-type` is `application/grpc`, or for a gRPC-Web request
+/// `application/grpc-web` (`application/grpc-web-text` for a
+/// `application/grpc-web-text…` request), so a gRPC-Web client reads it in
+/// its own protocol; the rest of the answer is the same.
 ///
 /// Successful responses pass through untouched; the body type becomes
 /// [`Either`]`<B, Full<Bytes>>`, which allocates nothing on that path.
@@ -128,7 +132,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let grpc = crate::grpc::is_grpc_request(req.headers());
+        let grpc = grpc_content_type(req.headers());
         match self.not_ready.take() {
             Some(answer) => ResponseFuture {
                 state: State::Failed {
@@ -145,11 +149,42 @@ where
     }
 }
 
-fn respond(answer: &Answer, grpc: bool) -> Response<Full<Bytes>> {
-    if grpc {
-        answer.grpc_response()
+/// The `content-type` of the gRPC answer to a request with these headers,
+/// or `None` for a request that is not gRPC: `application/grpc-web-text`
+/// and `application/grpc-web` (with any `+format`) answer in kind, any
+/// other `application/grpc…` with `application/grpc`.
+fn grpc_content_type(headers: &http::HeaderMap) -> Option<&'static str> {
+    const WEB_TEXT: &[u8] = b"application/grpc-web-text";
+    const WEB: &[u8] = b"application/grpc-web";
+    if !crate::grpc::is_grpc_request(headers) {
+        return None;
+    }
+    let value = headers
+        .get(http::header::CONTENT_TYPE)
+        .map_or(&b""[..], http::HeaderValue::as_bytes);
+    let starts = |prefix: &[u8]| {
+        value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    Some(if starts(WEB_TEXT) {
+        "application/grpc-web-text"
+    } else if starts(WEB) {
+        "application/grpc-web"
     } else {
-        answer.http_response()
+        crate::grpc::GRPC_CONTENT_TYPE
+    })
+}
+
+fn respond(answer: &Answer, grpc: Option<&'static str>) -> Response<Full<Bytes>> {
+    match grpc {
+        Some(content_type) => {
+            let mut res = answer.grpc_response();
+            res.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+            res
+        }
+        None => answer.http_response(),
     }
 }
 
@@ -164,7 +199,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Called { #[pin] future: F, grpc: bool },
+        Called { #[pin] future: F, grpc: Option<&'static str> },
         Failed { res: Option<Response<Full<Bytes>>> },
     }
 }
@@ -288,6 +323,54 @@ mod tests {
         let res = svc.oneshot(Request::new(())).await.unwrap();
         assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(res.headers()["content-type"], "application/problem+json");
+    }
+
+    /// gRPC-Web clients read a trailers-only answer in their own protocol:
+    /// the same status fields, with their own `content-type`.
+    #[tokio::test(start_paused = true)]
+    async fn grpc_web_requests_are_answered_as_grpc_web() {
+        let svc = ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new())
+            .timeout(Duration::from_secs(1))
+            .service_fn(|_: Request<()>| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, BoxError>(Response::new(()))
+            });
+        for (asked, answered) in [
+            ("application/grpc-web", "application/grpc-web"),
+            ("application/grpc-web+proto", "application/grpc-web"),
+            ("Application/gRPC-Web+json", "application/grpc-web"),
+            ("application/grpc-web-text", "application/grpc-web-text"),
+            (
+                "application/grpc-web-text+proto",
+                "application/grpc-web-text",
+            ),
+            ("application/grpc", "application/grpc"),
+            ("application/grpc+proto", "application/grpc"),
+        ] {
+            let req = Request::builder()
+                .header("content-type", asked)
+                .body(())
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{asked}");
+            assert_eq!(res.headers()["content-type"], answered, "{asked}");
+            assert_eq!(res.headers()["grpc-status"], "4", "{asked}");
+            assert_eq!(
+                res.headers()["grpc-message"],
+                "the request timed out",
+                "{asked}"
+            );
+        }
+        // A poll_ready failure answers gRPC-Web in kind too.
+        let mut svc = RejectionResponse::new(FailsReady(true));
+        let req = Request::builder()
+            .header("content-type", "application/grpc-web-text")
+            .body(())
+            .unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.headers()["content-type"], "application/grpc-web-text");
+        assert_eq!(res.headers()["grpc-status"], "14");
     }
 
     #[tokio::test]
