@@ -296,15 +296,6 @@ mod tests {
 
     #[test]
     fn to_status_keeps_only_the_code_of_a_downstream_status() {
-        let mut metadata = MetadataMap::new();
-        metadata.insert("x-internal-token", MetadataValue::from_static("SECRET-T"));
-        metadata.insert("grpc-retry-pushback-ms", MetadataValue::from_static("5"));
-        let downstream = Status::with_details_and_metadata(
-            Code::PermissionDenied,
-            "user 42 lacks role admin on db10.internal (SECRET-M)",
-            b"SECRET-D".to_vec().into(),
-            metadata,
-        );
         #[derive(Debug)]
         struct Wrapped(Status);
         impl std::fmt::Display for Wrapped {
@@ -317,6 +308,15 @@ mod tests {
                 Some(&self.0)
             }
         }
+        let mut metadata = MetadataMap::new();
+        metadata.insert("x-internal-token", MetadataValue::from_static("SECRET-T"));
+        metadata.insert("grpc-retry-pushback-ms", MetadataValue::from_static("5"));
+        let downstream = Status::with_details_and_metadata(
+            Code::PermissionDenied,
+            "user 42 lacks role admin on db10.internal (SECRET-M)",
+            b"SECRET-D".to_vec().into(),
+            metadata,
+        );
         let err: BoxError = Box::new(Wrapped(downstream));
         let status = to_status(&*err);
         assert_eq!(status.code(), Code::PermissionDenied);
