@@ -56,16 +56,18 @@ impl<C> Permit<C> {
         (!self.recorded).then(|| self.shared.classifier.classify(Err(err)))
     }
 
-    /// Records an error. A seawall rejection raised inside the breaker (a
+    /// Records an error. A seawall refusal raised inside the breaker (a
     /// full bulkhead, a rate limit, an inner breaker) says nothing about the
     /// dependency, which it never reached: it is ignored unless the layer
     /// was built with `count_inner_rejections(true)`, which makes it a
-    /// failure whatever the classifier said.
+    /// failure whatever the classifier said. A rejection that reports a
+    /// failure below the layer (`Rejected::failure`, e.g. the idempotency
+    /// layer's `HandlerPanicked`) is not a refusal: the classifier decides.
     fn failed(&mut self, classified: Option<Outcome>, boxed: &BoxError) {
         let Some(classified) = classified else {
             return;
         };
-        let outcome = if rejection::find(&**boxed).is_some() {
+        let outcome = if rejection::find_refusal(&**boxed).is_some() {
             if self.shared.breaker.counts_inner_rejections() {
                 Outcome::Failure
             } else {

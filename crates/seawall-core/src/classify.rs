@@ -115,9 +115,11 @@ fn boxed_error<E: 'static>(err: &E) -> Option<&(dyn Error + 'static)> {
 }
 
 /// Seawall's own refusals say nothing about the dependency's health: an
-/// `Err` holding a seawall [`Rejection`](crate::Rejection) (a full bulkhead,
-/// an inner breaker, a rate limit) is [`Outcome::Ignore`]; everything else
-/// is classified by the inner classifier.
+/// `Err` holding a seawall [`Rejection`](crate::Rejection) that is a refusal
+/// (a full bulkhead, an inner breaker, a rate limit; see
+/// [`Rejected::is_refusal`](crate::Rejected::is_refusal)) is
+/// [`Outcome::Ignore`]; everything else, a rejection that reports a failure
+/// below the layer included, is classified by the inner classifier.
 ///
 /// The error is searched when it is a boxed `dyn Error` (tower's and
 /// seawall's `BoxError`, which every seawall layer returns), through its
@@ -138,6 +140,9 @@ fn boxed_error<E: 'static>(err: &E) -> Option<&(dyn Error + 'static)> {
 /// let broken: BoxError = "connection reset".into();
 /// assert_eq!(Classify::<(), _>::classify(&classifier, Err(&full)), Outcome::Ignore);
 /// assert_eq!(Classify::<(), _>::classify(&classifier, Err(&broken)), Outcome::Failure);
+/// // A rejection that reports a failure below the layer is not ignored.
+/// let panicked: BoxError = Rejected::failure("handler_panicked", StatusCode::INTERNAL_SERVER_ERROR, None).into();
+/// assert_eq!(Classify::<(), _>::classify(&classifier, Err(&panicked)), Outcome::Failure);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IgnoreRejections<C> {
@@ -164,7 +169,9 @@ where
     #[inline]
     fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
         if let Err(err) = result {
-            if boxed_error(err).is_some_and(crate::rejection::is_rejection) {
+            // Only a layer's own refusal: a rejection that reports a failure
+            // below the layer (`Rejected::failure`) goes to the inner classifier.
+            if boxed_error(err).is_some_and(crate::rejection::is_refusal) {
                 return Outcome::Ignore;
             }
         }

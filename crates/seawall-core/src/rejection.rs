@@ -103,6 +103,9 @@ pub struct Rejected {
     retry_after: Option<Duration>,
     detail: Option<&'static str>,
     grpc_code: Option<GrpcCode>,
+    /// The answer reports a failure of what is below the layer (see
+    /// [`Rejected::failure`]) rather than the layer's own refusal.
+    failure: bool,
 }
 
 impl Rejected {
@@ -118,7 +121,49 @@ impl Rejected {
             retry_after,
             detail: None,
             grpc_code: None,
+            failure: false,
         }
+    }
+
+    /// An answer of `kind` that reports a *failure of what is below* the
+    /// layer (the handler or dependency it guards), not a local refusal:
+    /// e.g. the idempotency layer's `handler_panicked`. It is found by
+    /// [`find`] like any rejection (status, hint, detail), but
+    /// [`find_refusal`] skips it, so a circuit breaker above counts it as a
+    /// failure of the dependency and `IgnoreRejections` does not ignore it.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use seawall_core::{rejection, BoxError, Rejected};
+    ///
+    /// let panicked = Rejected::failure("handler_panicked", StatusCode::INTERNAL_SERVER_ERROR, None);
+    /// assert!(panicked.reports_failure() && !panicked.is_refusal());
+    /// let err: BoxError = Box::new(panicked);
+    /// assert!(rejection::find(&*err).is_some());
+    /// assert!(rejection::find_refusal(&*err).is_none());
+    /// ```
+    pub const fn failure(
+        kind: &'static str,
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let mut r = Self::new(kind, status, retry_after);
+        r.failure = true;
+        r
+    }
+
+    /// `true` for a layer's own refusal to run the request (a full bulkhead,
+    /// a rate limit, an open breaker, a full registry, an idempotency key
+    /// in use...): what [`Rejected::new`] makes. The dependency was never
+    /// reached, so breakers do not count it.
+    pub const fn is_refusal(&self) -> bool {
+        !self.failure
+    }
+
+    /// `true` for an answer that reports a failure of what is below the
+    /// layer (made by [`Rejected::failure`]).
+    pub const fn reports_failure(&self) -> bool {
+        self.failure
     }
 
     /// Sets the text a client may be shown (an HTTP problem's `detail`, a
@@ -250,6 +295,21 @@ pub fn is_rejection(err: &(dyn Error + 'static)) -> bool {
     find(err).is_some()
 }
 
+/// Finds a seawall rejection that is a layer's own refusal (see
+/// [`Rejected::is_refusal`]) in an error or its source chain: what a
+/// circuit breaker or `IgnoreRejections` must not count as a failure of the
+/// dependency. A rejection that reports a failure below the layer
+/// ([`Rejected::failure`]) is not one.
+pub fn find_refusal<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Rejected> {
+    find(err).filter(|r| r.is_refusal())
+}
+
+/// `true` if the error or one of its sources is a seawall refusal (see
+/// [`find_refusal`]).
+pub fn is_refusal(err: &(dyn Error + 'static)) -> bool {
+    find_refusal(err).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +341,24 @@ mod tests {
         assert!(find(&*other).is_none());
         let wrapped_other: BoxError = Box::new(Wrapper("plain".into()));
         assert!(!is_rejection(&*wrapped_other));
+    }
+
+    #[test]
+    fn refusals_and_reported_failures_are_told_apart() {
+        let refusal = Rejected::new("bulkhead_full", StatusCode::SERVICE_UNAVAILABLE, None);
+        assert!(refusal.is_refusal() && !refusal.reports_failure());
+        let err: BoxError = Box::new(Wrapper(Box::new(refusal)));
+        assert!(is_refusal(&*err));
+        assert_eq!(find_refusal(&*err).unwrap().kind(), "bulkhead_full");
+
+        let failure =
+            Rejected::failure("handler_panicked", StatusCode::INTERNAL_SERVER_ERROR, None)
+                .with_detail("x");
+        assert!(failure.reports_failure() && !failure.is_refusal());
+        let err: BoxError = Box::new(Wrapper(Box::new(failure)));
+        assert!(is_rejection(&*err));
+        assert_eq!(find(&*err).unwrap().kind(), "handler_panicked");
+        assert!(find_refusal(&*err).is_none() && !is_refusal(&*err));
     }
 
     #[test]

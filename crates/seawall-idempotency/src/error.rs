@@ -91,6 +91,10 @@ impl Error for StoreError {
 
 /// The handler panicked while holding a key. The claim was released, so a
 /// retry runs the handler again.
+///
+/// Its [`Rejected`] reports a failure of the handler
+/// ([`Rejected::reports_failure`]), not a refusal of this layer, so a
+/// circuit breaker above the idempotency layer counts it as a failure.
 #[derive(Debug)]
 pub struct HandlerPanicked {
     rejected: Rejected,
@@ -99,7 +103,13 @@ pub struct HandlerPanicked {
 impl HandlerPanicked {
     pub(crate) const fn new() -> Self {
         Self {
-            rejected: Rejected::new("handler_panicked", StatusCode::INTERNAL_SERVER_ERROR, None),
+            // A failure of the handler below, not a refusal of this layer:
+            // a circuit breaker above counts it.
+            rejected: Rejected::failure(
+                "handler_panicked",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+            ),
         }
     }
 }
@@ -148,5 +158,8 @@ mod tests {
         let found = seawall_core::rejection::find(&*err).unwrap();
         assert_eq!(found.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(err.is::<HandlerPanicked>());
+        // A failure of the handler, not a refusal: breakers above count it.
+        assert!(found.reports_failure());
+        assert!(seawall_core::rejection::find_refusal(&*err).is_none());
     }
 }
