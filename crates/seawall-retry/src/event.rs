@@ -44,6 +44,9 @@ pub enum RetryEvent {
         cause: RetryCause,
         /// The delay the server or a rejection asked for, if any.
         hint: Option<Duration>,
+        /// Tokens left in the retry budget after this retry's withdrawal,
+        /// when the layer has a budget.
+        budget_tokens: Option<u32>,
     },
     /// A request failed and will not be retried any more.
     RetriesExhausted {
@@ -60,6 +63,8 @@ pub enum RetryEvent {
         layer: Arc<str>,
         /// Attempts made.
         attempts: u32,
+        /// Tokens left in the budget (fewer than one retry costs).
+        budget_tokens: Option<u32>,
     },
 }
 
@@ -96,10 +101,22 @@ impl Event for RetryEvent {
     fn facts(&self) -> Facts {
         match self {
             // The attempt that failed is `attempt`; the one scheduled is next.
-            RetryEvent::RetryScheduled { attempt, .. } => {
-                Facts::NONE.attempt(attempt.saturating_add(1))
+            RetryEvent::RetryScheduled {
+                attempt,
+                budget_tokens,
+                ..
+            } => {
+                let facts = Facts::NONE.attempt(attempt.saturating_add(1));
+                match budget_tokens {
+                    Some(tokens) => facts.budget(f64::from(*tokens)),
+                    None => facts,
+                }
             }
-            RetryEvent::RetriesExhausted { .. } | RetryEvent::BudgetExhausted { .. } => Facts::NONE,
+            RetryEvent::BudgetExhausted { budget_tokens, .. } => match budget_tokens {
+                Some(tokens) => Facts::NONE.budget(f64::from(*tokens)),
+                None => Facts::NONE,
+            },
+            RetryEvent::RetriesExhausted { .. } => Facts::NONE,
         }
     }
 }

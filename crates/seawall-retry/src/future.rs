@@ -12,6 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::backoff::Delays;
+use crate::budget::RetryBudget;
 use crate::error::{AttemptTimeout, DeadlineExceeded};
 use crate::event::{GiveUpReason, RetryCause, RetryEvent};
 use crate::layer::Config;
@@ -522,6 +523,7 @@ where
                 config.listener.on_event(&RetryEvent::BudgetExhausted {
                     layer: config.name.clone(),
                     attempts: attempt,
+                    budget_tokens: Some(budget.tokens()),
                 });
             }
             return None;
@@ -534,6 +536,7 @@ where
             delay,
             cause,
             hint,
+            budget_tokens: config.budget.as_ref().map(RetryBudget::tokens),
         });
     }
     let at = Instant::now().checked_add(delay).unwrap_or_else(far_future);

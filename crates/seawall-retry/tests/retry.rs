@@ -94,7 +94,12 @@ async fn returns_the_last_failure_after_max_attempts() {
                 delay,
                 cause,
                 hint,
+                budget_tokens,
             } => {
+                assert_eq!(
+                    *budget_tokens, None,
+                    "a layer without a budget reports none"
+                );
                 assert_eq!(&**layer, "db");
                 assert_eq!(*attempt, i as u32 + 1);
                 assert_eq!(*delay, Duration::from_millis(100));
@@ -421,8 +426,22 @@ async fn budget_exhaustion_and_refill() {
     assert_eq!(attempts_of(&mut svc, &calls).await, 1, "budget exhausted");
     assert!(matches!(
         events.lock().unwrap().last(),
-        Some(RetryEvent::BudgetExhausted { attempts: 1, .. })
+        Some(RetryEvent::BudgetExhausted {
+            attempts: 1,
+            budget_tokens: Some(0),
+            ..
+        })
     ));
+    assert!(
+        events.lock().unwrap().iter().any(|e| matches!(
+            e,
+            RetryEvent::RetryScheduled {
+                budget_tokens: Some(_),
+                ..
+            }
+        )),
+        "a scheduled retry reports the budget's level"
+    );
     tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(
         attempts_of(&mut svc, &calls).await,
