@@ -86,9 +86,10 @@
 //!   predicate accepts.
 //! - **A budget.** Every hedgeable request earns a share of a token (5% by
 //!   default) in a lock-free [`RetryBudget`](seawall_retry::RetryBudget),
-//!   every hedge spends one: hedges never add more than that share of load,
-//!   even when the whole dependency is slow. At most `max_hedges` (default
-//!   1) per request.
+//!   every hedge spends one, and only a small reserve is saved (what 100
+//!   requests earn): over any run of `n` hedgeable requests, hedges number
+//!   at most `ratio x (n + 100)`, even when the whole dependency slows down
+//!   after a calm period. At most `max_hedges` (default 1) per request.
 //! - **The first success wins**; the other attempts are dropped, which
 //!   cancels them. A failure does not win while another attempt runs. A
 //!   request that fails before its hedge is due is not hedged (that is what

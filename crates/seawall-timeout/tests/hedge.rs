@@ -152,6 +152,92 @@ async fn the_budget_caps_hedges_when_everything_is_slow() {
     assert!(extra >= n / 20 - 3, "{extra}: the budget is spent");
 }
 
+/// Tokens saved during calm traffic must not buy a burst of hedges in the
+/// next slowdown: after 30 s of healthy traffic, 1,000 slow requests get at
+/// most `ratio x (n + 100)` = 55 hedges (5%, plus the reserve of what 100
+/// requests earn); the retry budget's default reserve of 100 tokens gave 149.
+#[tokio::test(start_paused = true)]
+async fn hedges_after_calm_traffic_stay_within_the_ratio() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, s) = (calls.clone(), slow.clone());
+    let layer = HedgeLayer::builder()
+        .delay(20 * MS)
+        .budget_ratio(0.05)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(move |i: u32| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let d = if s.load(Ordering::SeqCst) {
+                200 * MS
+            } else {
+                MS
+            };
+            async move {
+                sleep(d).await;
+                Ok::<_, BoxError>(i)
+            }
+        }));
+    let run = |n: u32| {
+        let svc = svc.clone();
+        async move {
+            let futs = (0..n).map(|i| {
+                let svc = svc.clone();
+                async move {
+                    sleep(10 * MS * i).await;
+                    svc.oneshot(i).await.unwrap();
+                }
+            });
+            futures_util::future::join_all(futs).await;
+        }
+    };
+    run(3_000).await; // 30 s calm, 100 requests a second
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3_000,
+        "no hedges while healthy"
+    );
+    let saved = layer.budget().tokens();
+    slow.store(true, Ordering::SeqCst);
+    calls.store(0, Ordering::SeqCst);
+    run(1_000).await; // 10 s slow
+    let extra = calls.load(Ordering::SeqCst) - 1_000;
+    assert!(
+        extra <= 50 + 5,
+        "{extra} hedges for 1000 requests during the slowdown, bound 5% x (1000 + 100)"
+    );
+    assert!(extra >= 50, "{extra}: the budget is spent");
+    assert_eq!(saved, 5, "the reserve: what 100 requests earn");
+
+    // The reserve follows the ratio, and may be set.
+    for (ratio, reserve, expected) in [
+        (0.05, None, 5),
+        (0.1, None, 10),
+        (0.001, None, 1),
+        (0.05, Some(1), 1),
+    ] {
+        let mut builder = HedgeLayer::builder().delay(20 * MS).budget_ratio(ratio);
+        if let Some(tokens) = reserve {
+            builder = builder.budget_reserve(tokens);
+        }
+        let layer = builder.build().unwrap();
+        for _ in 0..100_000 {
+            layer.budget().deposit();
+        }
+        assert_eq!(layer.budget().tokens(), expected, "{ratio} {reserve:?}");
+    }
+    assert_eq!(
+        HedgeLayer::builder()
+            .budget_reserve(0)
+            .build()
+            .unwrap_err()
+            .field(),
+        "budget_reserve"
+    );
+}
+
 async fn run_ok<S>(svc: S, n: u32)
 where
     S: Service<u32, Response = u32, Error = BoxError> + Clone + Send + 'static,

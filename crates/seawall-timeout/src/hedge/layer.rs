@@ -19,6 +19,10 @@ const LAYER: &str = "hedge";
 /// The most hedges per request [`HedgeBuilder::max_hedges`] accepts.
 pub const MAX_HEDGES: u32 = 8;
 
+/// The default [`HedgeBuilder::budget_reserve`] is what this many hedgeable
+/// requests earn at the budget ratio.
+const RESERVE_REQUESTS: f64 = 100.0;
+
 pub(crate) enum HedgeDelay {
     Fixed(Duration),
     Adaptive(Estimator),
@@ -115,6 +119,7 @@ impl HedgeLayer {
             fixed: None,
             budget: None,
             budget_ratio: 0.05,
+            budget_reserve: None,
             max_hedges: 1,
             policy: CloneRequests::new(),
             classifier: ErrorsFail,
@@ -156,6 +161,7 @@ pub struct HedgeBuilder<P = CloneRequests, C = ErrorsFail, L = NoopListener> {
     fixed: Option<Duration>,
     budget: Option<RetryBudget>,
     budget_ratio: f64,
+    budget_reserve: Option<u32>,
     max_hedges: u32,
     policy: P,
     classifier: C,
@@ -170,6 +176,7 @@ impl<P: fmt::Debug, C, L> fmt::Debug for HedgeBuilder<P, C, L> {
             .field("config", &self.config)
             .field("fixed", &self.fixed)
             .field("budget_ratio", &self.budget_ratio)
+            .field("budget_reserve", &self.budget_reserve)
             .field("max_hedges", &self.max_hedges)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
@@ -243,17 +250,44 @@ impl<P, C, L> HedgeBuilder<P, C, L> {
 
     /// Hedges allowed per hedgeable request, in `[0, 1]` (default 0.05):
     /// every hedgeable request earns that share of a token, every hedge
-    /// spends one, so hedges never add more than that share of load. The
-    /// budget starts empty and saves at most 100 tokens.
+    /// spends one. The budget starts empty and saves at most
+    /// [`budget_reserve`](Self::budget_reserve) tokens (by default what 100
+    /// requests earn: 5 at 5%), so over any run of `n` hedgeable requests,
+    /// hedges number at most `ratio x (n + 100)`, however calm the traffic
+    /// was before: at most 5.5% of 1,000 requests, 5.05% of 10,000.
     pub fn budget_ratio(mut self, ratio: f64) -> Self {
         self.budget_ratio = ratio;
         self.budget = None;
         self
     }
 
+    /// The most unspent hedge tokens the budget saves, at least 1 (default:
+    /// what 100 hedgeable requests earn, `ceil(budget_ratio x 100)`, at
+    /// least 1; 5 at the default 5%).
+    ///
+    /// Tokens saved during calm traffic are spent in the next slowdown on
+    /// top of what that slowdown earns: over any run of `n` hedgeable
+    /// requests, hedges number at most `budget_ratio x n + reserve`. A
+    /// reserve lets slow requests that come close together all be hedged
+    /// (with none, a hedge must wait for the next token); too large a one
+    /// turns a calm period into a burst of extra load when the dependency
+    /// slows down (a reserve of 100, the retry budget's default, let a 5%
+    /// budget send 14.9% extra requests in the first 1,000 of a slowdown).
+    ///
+    /// Applies to the budget made from
+    /// [`budget_ratio`](Self::budget_ratio), not to one given with
+    /// [`budget`](Self::budget) (whose own `max_tokens` applies).
+    pub fn budget_reserve(mut self, tokens: u32) -> Self {
+        self.budget_reserve = Some(tokens);
+        self.budget = None;
+        self
+    }
+
     /// Uses (and shares) `budget` instead of making one from
     /// [`budget_ratio`](Self::budget_ratio); e.g. one budget for hedges and
-    /// retries to the same dependency.
+    /// retries to the same dependency. Its `max_tokens` and `min_per_sec`
+    /// then bound the extra load (`ratio x n + max_tokens`, plus
+    /// `min_per_sec` per second); keep them small.
     pub fn budget(mut self, budget: RetryBudget) -> Self {
         self.budget = Some(budget);
         self
@@ -279,6 +313,7 @@ impl<P, C, L> HedgeBuilder<P, C, L> {
             fixed: self.fixed,
             budget: self.budget,
             budget_ratio: self.budget_ratio,
+            budget_reserve: self.budget_reserve,
             max_hedges: self.max_hedges,
             policy,
             classifier: self.classifier,
@@ -294,6 +329,7 @@ impl<P, C, L> HedgeBuilder<P, C, L> {
             fixed: self.fixed,
             budget: self.budget,
             budget_ratio: self.budget_ratio,
+            budget_reserve: self.budget_reserve,
             max_hedges: self.max_hedges,
             policy: self.policy,
             classifier,
@@ -317,6 +353,7 @@ impl<P, C, L> HedgeBuilder<P, C, L> {
             fixed: self.fixed,
             budget: self.budget,
             budget_ratio: self.budget_ratio,
+            budget_reserve: self.budget_reserve,
             max_hedges: self.max_hedges,
             policy: self.policy,
             classifier: self.classifier,
@@ -358,9 +395,22 @@ impl<P, C, L> HedgeBuilder<P, C, L> {
                     format!("must be in [0, 1], got {}", self.budget_ratio),
                 ));
             }
+            let reserve = match self.budget_reserve {
+                Some(0) => {
+                    return Err(ConfigError::new(
+                        LAYER,
+                        "budget_reserve",
+                        "must be at least 1 (a hedge spends one whole token)",
+                    ));
+                }
+                Some(tokens) => tokens,
+                // At most 100: the ratio is at most 1.
+                None => ((self.budget_ratio * RESERVE_REQUESTS).ceil() as u32).max(1),
+            };
             RetryBudget::builder()
                 .ratio(self.budget_ratio)
                 .min_per_sec(0)
+                .max_tokens(reserve)
                 .build()?
         };
         Ok(HedgeLayer {
