@@ -25,6 +25,7 @@ fn colour(kind: StackKind) -> RGBColor {
         StackKind::Seawall => RGBColor(31, 119, 180),
         StackKind::SeawallHedge => RGBColor(44, 160, 44),
         StackKind::SeawallPreset => RGBColor(23, 190, 207),
+        StackKind::SeawallFleet => RGBColor(214, 39, 40),
     }
 }
 

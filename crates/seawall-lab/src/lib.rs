@@ -36,6 +36,7 @@
 
 pub mod chart;
 pub mod dist;
+pub mod fleet;
 pub mod real;
 pub mod recorder;
 pub mod report;

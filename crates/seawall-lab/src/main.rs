@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use seawall_lab::fleet::{self, run_fleet};
 use seawall_lab::real::run_real;
 use seawall_lab::run::{run_scenario, ScenarioResult};
 use seawall_lab::scenario::Scenario;
@@ -114,7 +115,16 @@ fn run(args: &Args) -> Result<(), String> {
     let mut results: Vec<ScenarioResult> = Vec::new();
     for s in &scenarios {
         bar.set_message(s.name.clone());
-        let result = if args.real {
+        let result = if s.client.fleet.is_some() {
+            // Real Redis, so wall time: skipped when Redis is absent.
+            let url = fleet::redis_url();
+            if let Err(why) = fleet::redis_reachable(&url) {
+                eprintln!("seawall-lab: skipping {}: {why}", s.name);
+                bar.inc(s.stacks().len() as u64);
+                continue;
+            }
+            run_fleet(s, args.seed, real_seconds, &url, |_| bar.inc(1))
+        } else if args.real {
             run_real(s, args.seed, &s.stacks(), real_seconds, |_| bar.inc(1))
         } else {
             run_scenario(s, args.seed, &s.stacks(), |_| bar.inc(1))

@@ -25,6 +25,10 @@ pub const DEFAULT_SCENARIOS: &[(&str, &str)] = &[
         include_str!("../scenarios/duplicate-posts.toml"),
     ),
     ("slow-tail", include_str!("../scenarios/slow-tail.toml")),
+    (
+        "fleet-outage",
+        include_str!("../scenarios/fleet-outage.toml"),
+    ),
 ];
 
 /// A scenario file that could not be read, parsed or validated.
@@ -343,10 +347,44 @@ pub struct ClientSettings {
     /// The run adds the stack "seawall preset" (`seawall::stack::client()`).
     #[serde(default)]
     pub preset: bool,
+    /// When set, the scenario compares seawall's local breakers with
+    /// breakers sharing one state through Redis ("seawall + fleet"), in
+    /// wall time (see [`crate::fleet`]).
+    #[serde(default)]
+    pub fleet: Option<FleetSettings>,
     /// When set, the run adds the stack "seawall + hedge": seawall's stack
     /// with a `HedgeLayer` under the attempt timeout.
     #[serde(default)]
     pub hedge: Option<HedgeSettings>,
+}
+
+/// The `FleetSync` of the stack "seawall + fleet" (`[client.fleet]`): each
+/// client instance is a replica whose breaker syncs through Redis.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// One Redis round trip per replica per interval.
+    #[serde(default = "default_fleet_interval")]
+    pub interval: Dur,
+    /// Each round trip's bound; then local judgement.
+    #[serde(default = "default_fleet_timeout")]
+    pub timeout: Dur,
+    /// Replicas that must fail on their own for the fleet to trip.
+    #[serde(default = "default_fleet_min_replicas")]
+    pub min_replicas: u32,
+    /// The Redis URL and key prefix of a run: set by the lab, not the file.
+    #[serde(skip)]
+    pub redis: Option<(String, String)>,
+}
+
+fn default_fleet_interval() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+fn default_fleet_timeout() -> Dur {
+    Dur(Duration::from_millis(50))
+}
+fn default_fleet_min_replicas() -> u32 {
+    2
 }
 
 /// The `HedgeLayer` of the stack "seawall + hedge" (`[client.hedge]`).
@@ -395,6 +433,7 @@ impl Default for ClientSettings {
             breaker_open: default_breaker_open(),
             adaptive_timeout: false,
             preset: false,
+            fleet: None,
             hedge: None,
         }
     }
@@ -487,9 +526,13 @@ impl Scenario {
     }
 
     /// The stacks this scenario runs through, in table order: every
-    /// [`StackKind::ALL`], plus "seawall + hedge" when `[client.hedge]` is
-    /// set.
+    /// [`StackKind::ALL`], plus "seawall preset" with `preset` and "seawall
+    /// + hedge" with `[client.hedge]`; with `[client.fleet]`, only "seawall"
+    /// and "seawall + fleet".
     pub fn stacks(&self) -> Vec<StackKind> {
+        if self.client.fleet.is_some() {
+            return vec![StackKind::Seawall, StackKind::SeawallFleet];
+        }
         let mut kinds = StackKind::ALL.to_vec();
         if self.client.preset {
             kinds.push(StackKind::SeawallPreset);
@@ -682,6 +725,17 @@ impl Scenario {
         }
         if c.total_timeout < c.attempt_timeout {
             return Err("client.total_timeout must be at least client.attempt_timeout".to_owned());
+        }
+        if let Some(f) = &c.fleet {
+            if f.interval.0 < Duration::from_millis(10) || f.interval.0 > Duration::from_secs(10) {
+                return Err("client.fleet.interval must be in [10ms, 10s]".to_owned());
+            }
+            if f.timeout.0.is_zero() || f.timeout > f.interval {
+                return Err("client.fleet.timeout must be in (0, interval]".to_owned());
+            }
+            if f.min_replicas == 0 {
+                return Err("client.fleet.min_replicas must be at least 1".to_owned());
+            }
         }
         if let Some(h) = c.hedge {
             if !(h.percentile > 0.0 && h.percentile < 1.0) {

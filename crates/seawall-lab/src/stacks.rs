@@ -4,10 +4,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use seawall_bulkhead::BulkheadLayer;
-use seawall_circuit_breaker::{CircuitBreakerEvent, CircuitBreakerLayer, EventKind, State};
+use seawall_circuit_breaker::{
+    CircuitBreakerEvent, CircuitBreakerLayer, EventKind, FleetHandle, FleetSync, Handle, State,
+};
 use seawall_core::event::FnListener;
 use seawall_core::BoxError;
 use seawall_fallback::FallbackLayer;
@@ -46,6 +49,10 @@ pub enum StackKind {
     /// seawall's stack with a `HedgeLayer` under the per-attempt timeout
     /// (run only by scenarios with `[client.hedge]`).
     SeawallHedge,
+    /// seawall's stack whose breaker shares one state with the other
+    /// clients' (replicas') through Redis (`FleetSync`); run only by
+    /// scenarios with `[client.fleet]`, in wall time.
+    SeawallFleet,
     /// The `seawall::stack::client()` preset with its own defaults, given
     /// the scenario's timeouts and open duration: total timeout → retry →
     /// breaker → attempt timeout, no bulkhead, no fallback (run only by
@@ -71,13 +78,17 @@ impl StackKind {
             StackKind::Seawall => "seawall",
             StackKind::SeawallHedge => "seawall + hedge",
             StackKind::SeawallPreset => "seawall preset",
+            StackKind::SeawallFleet => "seawall + fleet",
         }
     }
 
     /// A seawall stack: its upstream's handler sits behind
     /// `IdempotencyLayer` and its breaker's state is recorded.
     pub fn is_seawall(self) -> bool {
-        matches!(self, StackKind::Seawall | StackKind::SeawallHedge)
+        matches!(
+            self,
+            StackKind::Seawall | StackKind::SeawallHedge | StackKind::SeawallFleet
+        )
     }
 }
 
@@ -101,7 +112,25 @@ pub fn build(
         StackKind::None => inner,
         StackKind::Tower => tower_stack(settings, inner, seed),
         StackKind::TowerResilience => tower_resilience_stack(settings, inner)?,
-        StackKind::Seawall => seawall_stack(settings, None, inner, recorder, breaker_index, seed)?,
+        StackKind::Seawall => seawall_stack(
+            settings,
+            Extras::default(),
+            inner,
+            recorder,
+            breaker_index,
+            seed,
+        )?,
+        StackKind::SeawallFleet => seawall_stack(
+            settings,
+            Extras {
+                fleet: true,
+                ..Extras::default()
+            },
+            inner,
+            recorder,
+            breaker_index,
+            seed,
+        )?,
         StackKind::SeawallPreset => BoxCloneService::new(
             seawall::stack::client()
                 .name("lab")
@@ -113,7 +142,10 @@ pub fn build(
         ),
         StackKind::SeawallHedge => seawall_stack(
             settings,
-            Some(settings.hedge.unwrap_or_default()),
+            Extras {
+                hedge: Some(settings.hedge.unwrap_or_default()),
+                ..Extras::default()
+            },
             inner,
             recorder,
             breaker_index,
@@ -267,9 +299,42 @@ fn hedged(h: HedgeSettings, inner: SimService) -> Result<SimService, BoxError> {
     Ok(BoxCloneService::new(layer.layer(inner)))
 }
 
+/// What a seawall stack has beyond the base stack.
+#[derive(Debug, Clone, Copy, Default)]
+struct Extras {
+    /// A `HedgeLayer` under the attempt timeout.
+    hedge: Option<HedgeSettings>,
+    /// The breaker syncs through Redis (`[client.fleet]`).
+    fleet: bool,
+}
+
+/// Starts the `FleetSync` of one replica's breaker (client instance
+/// `replica`), with the run's Redis URL and key prefix.
+fn fleet_sync(
+    s: &ClientSettings,
+    breaker: Handle,
+    replica: usize,
+) -> Result<FleetHandle, BoxError> {
+    let fleet = s
+        .fleet
+        .as_ref()
+        .ok_or("the stack \"seawall + fleet\" needs [client.fleet]")?;
+    let (url, prefix) = fleet
+        .redis
+        .clone()
+        .ok_or("the stack \"seawall + fleet\" runs only through seawall_lab::fleet")?;
+    Ok(FleetSync::builder(url, "lab")
+        .prefix(prefix)
+        .replica_id(format!("replica-{replica}"))
+        .interval(fleet.interval.0)
+        .timeout(fleet.timeout.0)
+        .min_replicas(fleet.min_replicas)
+        .spawn(breaker)?)
+}
+
 fn seawall_stack(
     s: &ClientSettings,
-    hedge: Option<HedgeSettings>,
+    extras: Extras,
     inner: SimService,
     recorder: &Recorder,
     breaker_index: usize,
@@ -330,9 +395,15 @@ fn seawall_stack(
     };
     // The hedge sits under the attempt timeout: the timeout bounds the
     // hedged pair, and the breaker, bulkhead and retry above see one call.
-    let inner = match hedge {
+    let inner = match extras.hedge {
         Some(h) => hedged(h, inner)?,
         None => inner,
+    };
+    // Kept alive as long as the stack: dropping it stops the sync.
+    let fleet = if extras.fleet {
+        Some(Arc::new(fleet_sync(s, breaker.handle(), breaker_index)?))
+    } else {
+        None
     };
     let stack = ServiceBuilder::new()
         .layer(fallback)
@@ -346,11 +417,14 @@ fn seawall_stack(
         )
         .option_layer(adaptive)
         .service(inner);
-    Ok(BoxCloneService::new(stack.map_request(|mut call: Call| {
-        // seawall's client names each POST so a retry can be recognised.
-        call.idempotency_key = call.post;
-        call
-    })))
+    Ok(BoxCloneService::new(stack.map_request(
+        move |mut call: Call| {
+            let _alive = &fleet;
+            // seawall's client names each POST so a retry can be recognised.
+            call.idempotency_key = call.post;
+            call
+        },
+    )))
 }
 
 #[cfg(test)]

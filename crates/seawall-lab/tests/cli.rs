@@ -47,6 +47,8 @@ fn list_names_the_default_scenarios() {
         "retry-storm",
         "slow-dependency",
         "duplicate-posts",
+        "slow-tail",
+        "fleet-outage",
     ] {
         assert!(text.contains(name), "{name} missing from {text}");
     }
