@@ -91,9 +91,12 @@
 //!   at most `ratio x (n + 100)`, even when the whole dependency slows down
 //!   after a calm period. At most `max_hedges` (default 1) per request.
 //! - **The first success wins**; the other attempts are dropped, which
-//!   cancels them. A failure does not win while another attempt runs. A
-//!   request that fails before its hedge is due is not hedged (that is what
-//!   retries are for).
+//!   cancels them. Nothing else wins while another attempt runs: not a
+//!   failure, not an outcome the classifier ignores, not an answer saying
+//!   another attempt is in flight (`409` / `425` with [`HttpRequests`], what
+//!   a deduplicating server answers a keyed POST's hedge; see
+//!   [`HedgeResponse`]). A request that fails before its hedge is due is
+//!   not hedged (that is what retries are for).
 //! - **The delay** is fixed, or (the default) the p95 of recent successful
 //!   latencies, from the same estimator as the adaptive timeout.
 //! - Bodies are buffered and replayed by the retry layer's
@@ -163,7 +166,9 @@ pub use error::AdaptiveTimeoutElapsed;
 pub use event::{HedgeEvent, TimeoutEvent};
 pub use hedge::future::ResponseFuture as HedgeResponseFuture;
 pub use hedge::layer::{HedgeBuilder, HedgeLayer, MAX_HEDGES};
-pub use hedge::policy::{CloneRequests, EveryRequest, HedgePolicy, HedgePredicate, HttpRequests};
+pub use hedge::policy::{
+    CloneRequests, EveryRequest, HedgePolicy, HedgePredicate, HedgeResponse, HttpRequests,
+};
 pub use hedge::service::Hedge;
 pub use timeout::future::ResponseFuture;
 pub use timeout::layer::{AdaptiveTimeoutBuilder, AdaptiveTimeoutLayer};

@@ -14,7 +14,7 @@ use seawall_core::BoxError;
 use seawall_retry::{Attempt, ReplayBody, RetryBudget};
 use seawall_timeout::{CloneRequests, HedgeEvent, HedgeLayer, HttpRequests};
 use tokio::time::{sleep, Instant};
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -525,6 +525,175 @@ async fn a_failure_does_not_win_while_another_attempt_runs() {
         .service(t.service(vec![30 * MS, 5 * MS], vec![0, 1]));
     let err = svc.oneshot(()).await.unwrap_err();
     assert_eq!(err.to_string(), "attempt 0 failed");
+}
+
+/// A keyed POST hedged into seawall's own `IdempotencyLayer`: the hedge
+/// reaches the server while the first attempt is being processed and gets
+/// `409 Conflict` (in flight, per the IETF draft), which the HTTP
+/// classifier calls a success. It must not win: the caller gets the first
+/// attempt's `201`, and the handler runs once.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_hedged_into_an_idempotency_layer_gets_the_first_answer() {
+    let (reached, handled) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let h = handled.clone();
+    let server = seawall_idempotency::IdempotencyLayer::new().layer(service_fn(
+        move |req: Request<seawall_idempotency::RequestBody<ReplayBody<Full<Bytes>>>>| {
+            h.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let _ = req.into_body().collect().await?;
+                sleep(100 * MS).await;
+                let mut res = Response::new(Full::new(Bytes::from_static(b"charged")));
+                *res.status_mut() = http::StatusCode::CREATED;
+                Ok::<_, BoxError>(res)
+            }
+        },
+    ));
+    let r = reached.clone();
+    let server = tower::ServiceBuilder::new()
+        .map_request(move |req: Request<ReplayBody<Full<Bytes>>>| {
+            r.fetch_add(1, Ordering::SeqCst);
+            req
+        })
+        .service(server);
+    let client = HedgeLayer::builder()
+        .http()
+        .delay(10 * MS)
+        .budget_ratio(1.0)
+        .build()
+        .unwrap()
+        .layer(server);
+    let req = Request::post("/charge")
+        .header("idempotency-key", "\"order-42\"")
+        .body(Full::new(Bytes::from_static(b"amount=100")))
+        .unwrap();
+    let started = Instant::now();
+    let res = client.oneshot(req).await.unwrap();
+    assert_eq!(
+        res.status(),
+        http::StatusCode::CREATED,
+        "the hedge's in-flight 409 won the race"
+    );
+    assert_eq!(started.elapsed(), 100 * MS, "waited for the first attempt");
+    assert_eq!(reached.load(Ordering::SeqCst), 2, "the hedge was sent");
+    assert_eq!(handled.load(Ordering::SeqCst), 1, "and deduplicated");
+}
+
+/// An HTTP dependency whose attempt `n` answers `script[n]` (status,
+/// latency).
+fn scripted(
+    script: Vec<(u16, Duration)>,
+) -> impl Service<
+    Request<ReplayBody<Full<Bytes>>>,
+    Response = Response<Bytes>,
+    Error = BoxError,
+    Future: Send,
+> + Clone {
+    let n = Arc::new(AtomicU32::new(0));
+    service_fn(move |_req: Request<ReplayBody<Full<Bytes>>>| {
+        let i = n.fetch_add(1, Ordering::SeqCst) as usize;
+        let (status, latency) = script[i];
+        async move {
+            sleep(latency).await;
+            let mut res = Response::new(Bytes::from(format!("attempt {i}")));
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            Ok::<_, BoxError>(res)
+        }
+    })
+}
+
+type Case = (
+    &'static str,
+    Vec<(u16, Duration)>,
+    u16,
+    &'static str,
+    Duration,
+);
+
+/// Only a success wins while another attempt runs: an in-flight answer
+/// (`409`, `425`) or a failure waits for the other attempts; when none
+/// succeeds, an in-flight answer does not hide the other's.
+#[tokio::test(start_paused = true)]
+async fn an_in_flight_answer_does_not_win_while_another_attempt_runs() {
+    let layer = || {
+        HedgeLayer::builder()
+            .http()
+            .delay(10 * MS)
+            .budget_ratio(1.0)
+            .build()
+            .unwrap()
+    };
+    let get = || Request::get("/items/1").body(Full::default()).unwrap();
+    // (case, script, status answered, by which attempt, after how long)
+    let cases: [Case; 5] = [
+        // The hedge's 409 / 425 at 15 ms; the first attempt's 200 at 100 ms.
+        (
+            "409 hedge",
+            vec![(200, 100 * MS), (409, 5 * MS)],
+            200,
+            "attempt 0",
+            100 * MS,
+        ),
+        (
+            "425 hedge",
+            vec![(200, 100 * MS), (425, 5 * MS)],
+            200,
+            "attempt 0",
+            100 * MS,
+        ),
+        // The first attempt's 409 while the hedge runs: the hedge's 200.
+        (
+            "409 first",
+            vec![(409, 30 * MS), (200, 50 * MS)],
+            200,
+            "attempt 1",
+            60 * MS,
+        ),
+        // No success: the 503 is the answer, not the in-flight 409.
+        (
+            "409 then 503",
+            vec![(503, 100 * MS), (409, 5 * MS)],
+            503,
+            "attempt 0",
+            100 * MS,
+        ),
+        // A 409 with no other attempt running is the answer.
+        ("409 alone", vec![(409, 5 * MS)], 409, "attempt 0", 5 * MS),
+    ];
+    for (name, script, status, body, took) in cases {
+        let svc = layer().layer(scripted(script));
+        let started = Instant::now();
+        let res = svc.oneshot(get()).await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{name}");
+        assert_eq!(res.body(), body, "{name}");
+        assert_eq!(started.elapsed(), took, "{name}");
+    }
+}
+
+/// An outcome the classifier ignores (neither success nor failure) does not
+/// win while another attempt runs either.
+#[tokio::test(start_paused = true)]
+async fn an_ignored_outcome_does_not_win_while_another_attempt_runs() {
+    let t = Tracked::default();
+    let layer = HedgeLayer::builder()
+        .delay(10 * MS)
+        .budget_ratio(1.0)
+        .classifier(|r: Result<&u32, &BoxError>| match r {
+            Ok(1) => seawall_core::Outcome::Ignore,
+            Ok(_) => seawall_core::Outcome::Success,
+            Err(_) => seawall_core::Outcome::Failure,
+        })
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(t.service(vec![100 * MS, 5 * MS], vec![]));
+    let started = Instant::now();
+    assert_eq!(
+        svc.oneshot(()).await.unwrap(),
+        0,
+        "the hedge's answer is ignored"
+    );
+    assert_eq!(started.elapsed(), 100 * MS);
 }
 
 #[tokio::test(start_paused = true)]

@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use crate::event::HedgeEvent;
 use crate::hedge::layer::HedgeShared;
-use crate::hedge::policy::HedgePolicy;
+use crate::hedge::policy::{HedgePolicy, HedgeResponse};
 use crate::timer::LazySleep;
 
 /// The request type the inner service receives.
@@ -92,8 +92,9 @@ struct Race<S, R, Cp, F, Sh, O> {
     launching: bool,
     /// No more hedges for this request (budget empty, service failed).
     stopped: bool,
-    /// The last failure, returned if every attempt fails.
-    failure: Option<O>,
+    /// The answer returned if no attempt succeeds: the last one that did
+    /// not win, unless it only said another attempt was in flight.
+    held: Option<O>,
 }
 
 impl<S, Req, P, C, L> fmt::Debug for ResponseFuture<S, Req, P, C, L>
@@ -182,7 +183,7 @@ fn racing<F, Pd, S, R, Cp, P, C, L, O>(
             sent: 0,
             launching: false,
             stopped: false,
-            failure: None,
+            held: None,
         },
     }
 }
@@ -195,7 +196,7 @@ fn deadline(now: Instant, delay: Duration) -> Instant {
 
 impl<S, Req, P, C, L> Future for ResponseFuture<S, Req, P, C, L>
 where
-    P: HedgePolicy<Req>,
+    P: HedgePolicy<Req> + HedgeResponse<S::Response>,
     S: Service<ReqOf<P, Req>>,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error>,
@@ -263,6 +264,7 @@ impl<S, R, Cp, F, P, C, L, T, E> Race<S, R, Cp, F, Arc<HedgeShared<P, C, L>>, Re
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
+    P: HedgeResponse<T>,
     C: Classify<T, E>,
     L: Listener<HedgeEvent>,
 {
@@ -302,9 +304,9 @@ where
                 }
             }
             if matches!(*primary, Primary::Finished) && self.hedges.is_empty() {
-                // Every attempt failed: the last failure is the answer. A
+                // No attempt succeeded: the answer held is the request's. A
                 // failure is not hedged (that is a retry's job).
-                return Poll::Ready(match self.failure.take() {
+                return Poll::Ready(match self.held.take() {
                     Some(out) => out.map_err(Into::into),
                     None => Err(polled_after_completion()),
                 });
@@ -315,8 +317,15 @@ where
         }
     }
 
-    /// An attempt finished: `Some` answer if it wins, `None` if it failed
-    /// and others are still running (or may be).
+    /// An attempt finished: `Some` answer if it wins, `None` if it is held
+    /// while the others go on (the caller returns the held answer once
+    /// every attempt has finished).
+    ///
+    /// Only a success wins: a failure, an outcome the classifier ignores,
+    /// or an answer saying another attempt is in flight (`409` / `425`
+    /// with [`HttpRequests`](crate::HttpRequests)) is held. Of the answers
+    /// held, the last one is returned, except that an in-flight answer
+    /// never replaces another one: it says nothing of the request's fate.
     fn settle(
         &mut self,
         out: Result<T, E>,
@@ -324,32 +333,33 @@ where
         primary_running: Option<Instant>,
     ) -> Option<Result<T, BoxError>> {
         let outcome = self.shared.classifier.classify(out.as_ref());
-        if outcome.is_failure() {
-            self.failure = Some(out);
+        let in_flight = matches!(&out, Ok(res) if self.shared.policy.in_flight(res));
+        if !outcome.is_success() || in_flight {
+            if !(in_flight && self.held.is_some()) {
+                self.held = Some(out);
+            }
             return None;
         }
-        if outcome.is_success() {
-            if let Some(estimator) = self.shared.estimator() {
-                let Some(start) = start else {
-                    // The first attempt answered on its first poll: the
-                    // caller did not wait, and nothing was hedged.
-                    estimator.record_immediate();
-                    return Some(out.map_err(Into::into));
-                };
-                let now = Instant::now();
-                estimator.record(now, now.saturating_duration_since(start));
-                // The attempts that lost are cancelled before they answer:
-                // leaving them out would show the estimator only the fast
-                // part of the distribution. Their elapsed time is a lower
-                // bound of their latency and already above the hedge delay,
-                // so counting it keeps them above the percentile, where
-                // they belong.
-                if let Some(primary) = primary_running {
-                    estimator.record(now, now.saturating_duration_since(primary));
-                }
-                for (_, started) in &self.hedges {
-                    estimator.record(now, now.saturating_duration_since(*started));
-                }
+        if let Some(estimator) = self.shared.estimator() {
+            let Some(start) = start else {
+                // The first attempt answered on its first poll: the
+                // caller did not wait, and nothing was hedged.
+                estimator.record_immediate();
+                return Some(out.map_err(Into::into));
+            };
+            let now = Instant::now();
+            estimator.record(now, now.saturating_duration_since(start));
+            // The attempts that lost are cancelled before they answer:
+            // leaving them out would show the estimator only the fast
+            // part of the distribution. Their elapsed time is a lower
+            // bound of their latency and already above the hedge delay,
+            // so counting it keeps them above the percentile, where
+            // they belong.
+            if let Some(primary) = primary_running {
+                estimator.record(now, now.saturating_duration_since(primary));
+            }
+            for (_, started) in &self.hedges {
+                estimator.record(now, now.saturating_duration_since(*started));
             }
         }
         Some(out.map_err(Into::into))

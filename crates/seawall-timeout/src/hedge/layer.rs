@@ -65,8 +65,10 @@ impl<P, C, L> HedgeShared<P, C, L> {
 /// - `P` is the [`HedgePolicy`](crate::HedgePolicy): which requests are safe
 ///   to send twice and how they are kept ([`CloneRequests`] by default,
 ///   [`HttpRequests`] with [`HedgeBuilder::http`]).
-/// - `C` decides which results are successes: a failure does not win while
-///   another attempt is still running ([`ErrorsFail`] by default).
+/// - `C` decides which results are successes: only a success wins while
+///   another attempt is still running ([`ErrorsFail`] by default); `P` also
+///   holds back answers that say another attempt is in flight
+///   ([`HedgeResponse`](crate::HedgeResponse)).
 /// - `L` receives [`HedgeEvent`](crate::HedgeEvent)s.
 ///
 /// Every service made by a layer (and every clone of one) shares its

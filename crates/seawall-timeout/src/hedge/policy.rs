@@ -23,6 +23,33 @@ pub trait HedgePolicy<Req> {
     fn replay_for(&self, request: &Req) -> (Self::Replay, bool);
 }
 
+/// How a [`HedgeLayer`](crate::HedgeLayer) judges an answer of type `Res`
+/// beyond its classifier: whether it only reports that another attempt of
+/// the same request is in progress.
+///
+/// Such an answer never wins while another attempt is still running: the
+/// race waits for that attempt instead. Without this, a hedge of a keyed
+/// `POST` reaching a deduplicating server (seawall's `IdempotencyLayer`,
+/// Stripe, the IETF Idempotency-Key draft) while the first attempt is
+/// being processed gets `409 Conflict`, which an HTTP classifier calls a
+/// success, and the caller would get the `409` instead of the first
+/// attempt's answer. The answer is still returned when no other attempt
+/// runs.
+///
+/// [`CloneRequests`] never says so; [`HttpRequests`] says so of `409
+/// Conflict` and `425 Too Early`. A custom [`HedgePolicy`] implements it
+/// too, usually with the default method (`impl HedgeResponse<Res> for
+/// MyPolicy {}`).
+pub trait HedgeResponse<Res> {
+    /// `true` when `response` only says another attempt of the same
+    /// request is in progress (default `false`).
+    #[inline]
+    fn in_flight(&self, response: &Res) -> bool {
+        let _ = response;
+        false
+    }
+}
+
 /// A predicate over requests: `true` when one may be hedged.
 ///
 /// Implemented by [`EveryRequest`] and by every `Fn(&Req) -> bool`.
@@ -95,6 +122,8 @@ impl<Req: Clone, F: HedgePredicate<Req>> HedgePolicy<Req> for CloneRequests<F> {
     }
 }
 
+impl<Res, F> HedgeResponse<Res> for CloneRequests<F> {}
+
 /// Hedges `http::Request`s that are safe to send twice:
 ///
 /// - idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), or any
@@ -108,7 +137,12 @@ impl<Req: Clone, F: HedgePredicate<Req>> HedgePolicy<Req> for CloneRequests<F> {
 ///   `"/helloworld.Greeter/SayHello"`: whether a gRPC method is idempotent
 ///   is known only to its owner.
 ///
-/// Everything else is sent once, unhedged. Bodies up to the body limit
+/// Everything else is sent once, unhedged. An attempt answered `409
+/// Conflict` or `425 Too Early` (what a deduplicating server answers while
+/// another attempt with the same `Idempotency-Key` is in progress) does not
+/// win while another attempt runs; see [`HedgeResponse`].
+///
+/// Bodies up to the body limit
 /// (64 KiB by default) are buffered by the retry layer's [`HttpReplay`] so
 /// each attempt sends the same bytes; a larger body is sent once. Each hedge
 /// carries its [`Attempt`](seawall_retry::Attempt) number in its extensions.
@@ -218,5 +252,15 @@ where
             return (self.replay.any_method(true), true);
         }
         (self.replay, false)
+    }
+}
+
+impl<B, K> HedgeResponse<http::Response<B>> for HttpRequests<K> {
+    #[inline]
+    fn in_flight(&self, response: &http::Response<B>) -> bool {
+        matches!(
+            response.status(),
+            http::StatusCode::CONFLICT | http::StatusCode::TOO_EARLY
+        )
     }
 }

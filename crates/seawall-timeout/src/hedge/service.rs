@@ -11,7 +11,7 @@ use tower_service::Service;
 use crate::event::HedgeEvent;
 use crate::hedge::future::{ReqOf, ResponseFuture};
 use crate::hedge::layer::HedgeShared;
-use crate::hedge::policy::HedgePolicy;
+use crate::hedge::policy::{HedgePolicy, HedgeResponse};
 
 /// A service whose slow calls are hedged by a [`HedgeLayer`](crate::HedgeLayer).
 pub struct Hedge<S, P, C, L> {
@@ -50,7 +50,7 @@ impl<S: fmt::Debug, P, C, L> fmt::Debug for Hedge<S, P, C, L> {
 
 impl<S, Req, P, C, L> Service<Req> for Hedge<S, P, C, L>
 where
-    P: HedgePolicy<Req>,
+    P: HedgePolicy<Req> + HedgeResponse<S::Response>,
     S: Service<ReqOf<P, Req>> + Clone,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error>,
