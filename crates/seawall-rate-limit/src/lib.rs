@@ -15,7 +15,10 @@
 //!   5,000/s overall) make one decision: a request is admitted only if every
 //!   limit admits it, and a request refused by one limit spends nothing from
 //!   the others. The locks of the limits' keys are taken in one fixed order,
-//!   so the decision is exact under concurrency.
+//!   so the decision is exact under concurrency. With one limit, a
+//!   decision takes its key's shard lock shared (decisions wait only for
+//!   the insertion of a new key, not for each other) and moves the key's
+//!   state with a compare-and-swap, exact as well.
 //! - **Cost**: a request may spend more than one unit ([`Builder::cost`]).
 //! - **Modes**: refuse at once with [`RateLimited`] (`429`, with
 //!   `Retry-After` through `seawall::http::RejectionResponseLayer`,
@@ -67,12 +70,13 @@
 //!
 //! Each limit keeps at most [`Builder::key_capacity`] keys (default
 //! 100,000) in at most [`Builder::key_memory`] bytes (default 16 MiB,
-//! counting per key its cell, its hash-table slot and its heap bytes; the
-//! table's spare capacity comes on top, at most as much again), in up to 16
-//! shards with an equal share each. Each key is hashed once per request. A key whose bucket is full
-//! again carries no information and is dropped as new keys arrive (each
-//! insertion looks at two cells, so reclaiming is O(1) per request and
-//! needs no timer). A shard full of keys that are still limited **never
+//! counting per key its entry in its shard's hash table, the table's
+//! control byte and its heap bytes; the table's spare capacity comes on
+//! top, at most about 1.3 times as much again), in up to 16 shards with an
+//! equal share each. Each key is hashed once per request. A key whose
+//! bucket is full again carries no information and is dropped as new keys
+//! arrive (each insertion looks at two of the table's buckets, so
+//! reclaiming is O(1) per request and needs no timer). A shard full of keys that are still limited **never
 //! evicts one** (that would give it a fresh burst): a new key that finds no
 //! room, and any key longer than [`Builder::max_key_bytes`] (default 256),
 //! is counted against the shard's shared overflow bucket with the limit's
