@@ -8,7 +8,7 @@
 //!
 //! Keys from request data are bounded in bytes: a key longer than the
 //! limiter's `max_key_bytes` never gets a bucket of its own and is counted
-//! against its shard's shared overflow bucket instead (see
+//! against its shard's shared long-key bucket instead (see
 //! [`Builder::max_key_bytes`]).
 //!
 //! [`Limit::global`]: crate::Limit::global

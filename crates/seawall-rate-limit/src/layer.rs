@@ -259,7 +259,8 @@ impl<L, C, H, Li> Builder<L, C, H, Li> {
     }
 
     /// The longest key, in heap bytes, that gets a bucket of its own
-    /// (default 256); longer keys share the overflow bucket.
+    /// (default 256); longer keys share one bucket per shard (the same
+    /// key on Redis: `…:~overflow`), which no other key inherits from.
     pub fn max_key_bytes(mut self, bytes: usize) -> Self {
         self.bounds.key_bytes = bytes;
         self

@@ -78,9 +78,12 @@
 //! arrive (each insertion looks at two of the table's buckets, so
 //! reclaiming is O(1) per request and needs no timer). A shard full of keys that are still limited **never
 //! evicts one** (that would give it a fresh burst): a new key that finds no
-//! room, and any key longer than [`Builder::max_key_bytes`] (default 256),
-//! is counted against the shard's shared overflow bucket with the limit's
-//! quota. The bound can thus refuse more than the limit would, never less.
+//! room is counted against the shard's shared overflow bucket with the
+//! limit's quota, and carries that bucket's debt if it later gets a cell;
+//! a key never sent there starts with a full bucket. Keys longer than
+//! [`Builder::max_key_bytes`] (default 256) share a separate long-key
+//! bucket per shard, which no other key ever inherits from. The bound can
+//! thus refuse more than the limit would, never less.
 //!
 //! # Features
 //!

@@ -30,9 +30,20 @@
 //! silently weaken the limit. The new key is counted against the shard's
 //! **overflow bucket** instead, one bucket with the limit's quota shared by
 //! every key that found no room. A key that later gets a cell of its own
-//! starts from the overflow bucket's TAT, so moving out of overflow never
-//! grants a second burst. The same overflow bucket counts keys longer than
-//! `max_key_bytes`. Under a flood of new keys the registry therefore stays
+//! starts from the overflow bucket's TAT if it may have spent from it, so
+//! moving out of overflow never grants a second burst: the shard remembers
+//! the keys it sent to overflow in a 256-bit filter of their hashes,
+//! cleared whenever the overflow bucket is full again (then it holds no
+//! debt to carry). A key never sent there starts with a full bucket, as
+//! GCRA says a key never seen has (only a key whose hash shares a bit
+//! with one sent to overflow, while the overflow bucket is still in debt,
+//! starts from that debt: at most one burst's time).
+//!
+//! Keys longer than `max_key_bytes` share a bucket of their own, the
+//! **long-key bucket**, which seeds nothing: such a key can never get a
+//! cell, so it has no second burst to be kept from, and whoever drains
+//! that bucket (any client can send long keys) takes nothing from the
+//! keys that fit. Under a flood of new keys the registry therefore stays
 //! within its bounds, each lookup stays O(1), and no key ever gets more than
 //! its quota; keys in overflow get less (they share one bucket), which is
 //! the documented price of the bound.
@@ -60,7 +71,10 @@ pub(crate) enum Slot {
     /// The table's bucket holding the key's entry (stable while the shard
     /// is locked).
     Cell(usize),
+    /// The bucket shared by keys that found no room.
     Overflow,
+    /// The bucket shared by keys longer than `max_key_bytes`.
+    Long,
 }
 
 /// A key's entry, inline in its shard's table: one probe finds the key and
@@ -77,6 +91,12 @@ pub(crate) struct Shard<K> {
     hand: usize,
     bytes: usize,
     overflow_tat: AtomicU64,
+    /// Bits of the hashes of the keys sent to the overflow bucket since it
+    /// was last full: a key getting a cell starts from the overflow
+    /// bucket's TAT only if its bit is set.
+    overflowed: [u64; 4],
+    /// The bucket of keys longer than `max_key_bytes`; it seeds no cell.
+    long_tat: AtomicU64,
     /// The latest `now` at which a sweep freed a cell. A new cell starts no
     /// earlier than this: a decision that read the clock before the sweep
     /// and locked the shard after it must not find a fresher bucket than
@@ -104,6 +124,7 @@ impl<K: RateKey> Shard<K> {
                 None => self.overflow_tat.get_mut(),
             },
             Slot::Overflow => self.overflow_tat.get_mut(),
+            Slot::Long => self.long_tat.get_mut(),
         }
     }
 
@@ -119,6 +140,7 @@ impl<K: RateKey> Shard<K> {
                 .get_bucket(i)
                 .map_or(&self.overflow_tat, |cell| &cell.tat),
             Slot::Overflow => &self.overflow_tat,
+            Slot::Long => &self.long_tat,
         }
     }
 
@@ -130,7 +152,7 @@ impl<K: RateKey> Shard<K> {
             return Some(&cell.tat);
         }
         if key.heap_bytes() > self.max_key_bytes {
-            return Some(&self.overflow_tat);
+            return Some(&self.long_tat);
         }
         None
     }
@@ -144,22 +166,34 @@ impl<K: RateKey> Shard<K> {
 
     fn insert(&mut self, key: &K, hash: u64, now: u64) -> Slot {
         if key.heap_bytes() > self.max_key_bytes {
-            return Slot::Overflow;
+            return Slot::Long;
         }
         self.sweep(now, SWEEP_STEP);
         let cost = Self::entry_bytes(key);
+        // The overflow bucket full again carries no debt: forget who spent
+        // from it.
+        if *self.overflow_tat.get_mut() <= now {
+            self.overflowed = [0; 4];
+        }
+        let (word, bit) = filter_bit(hash);
         if !self.has_room(cost) {
             self.sweep(now, SCAN_WHEN_FULL);
             if !self.has_room(cost) {
+                self.overflowed[word] |= bit;
                 return Slot::Overflow;
             }
+        }
+        // No new cell is fresher than the last one swept; a key that may
+        // have spent from the overflow bucket carries its debt. A key never
+        // sent there starts with a full bucket.
+        let mut seed = self.swept_at;
+        if self.overflowed[word] & bit != 0 {
+            seed = seed.max(*self.overflow_tat.get_mut());
         }
         let cell = Cell {
             key: key.clone(),
             hash,
-            // A key leaving overflow carries the overflow bucket's debt, and
-            // no new cell is fresher than the last one swept.
-            tat: AtomicU64::new((*self.overflow_tat.get_mut()).max(self.swept_at)),
+            tat: AtomicU64::new(seed),
         };
         self.bytes += cost;
         let entry = self.table.insert_unique(hash, cell, |cell| cell.hash);
@@ -194,6 +228,13 @@ impl<K: RateKey> Shard<K> {
     }
 }
 
+/// The word and bit of the overflow filter for `hash` (bits the table and
+/// the shard choice do not use).
+fn filter_bit(hash: u64) -> (usize, u64) {
+    let n = (hash >> 48) as usize & 255;
+    (n >> 6, 1 << (n & 63))
+}
+
 /// One limit's keys.
 pub(crate) struct Registry<K> {
     shards: Box<[RwLock<Shard<K>>]>,
@@ -219,6 +260,8 @@ impl<K: RateKey> Registry<K> {
                     hand: 0,
                     bytes: 0,
                     overflow_tat: AtomicU64::new(0),
+                    overflowed: [0; 4],
+                    long_tat: AtomicU64::new(0),
                     swept_at: 0,
                     max_entries: (bounds.entries / count).max(1),
                     max_bytes: bounds.bytes / count,
@@ -378,6 +421,53 @@ mod tests {
     }
 
     #[test]
+    fn only_keys_sent_to_overflow_inherit_its_debt() {
+        let reg = Registry::<u64>::new(bounds(1));
+        let (mut g, slot) = reg.lock(&0, 0);
+        *g.tat_mut(slot) = 1_000;
+        drop(g);
+        // Full of a limited key: 99 spends from the overflow bucket.
+        let (mut g, slot) = reg.lock(&99, 10);
+        assert_eq!(slot, Slot::Overflow);
+        *g.tat_mut(slot) = 2_000;
+        drop(g);
+        // A key never sent to overflow (and not sharing 99's filter bit)
+        // gets the cell swept at 1,500 with a full bucket, not the
+        // overflow bucket's debt.
+        let bit99 = filter_bit(reg.hasher.hash_one(99u64));
+        let fresh = (100u64..)
+            .find(|k| filter_bit(reg.hasher.hash_one(k)) != bit99)
+            .unwrap();
+        let (g, slot) = reg.lock(&fresh, 1_500);
+        assert!(matches!(slot, Slot::Cell(_)));
+        assert_eq!(g.tat(slot), 1_500);
+        drop(g);
+        // 99, which did spend from overflow, carries its debt into a cell.
+        let (g, slot) = reg.lock(&99, 1_600);
+        assert!(matches!(slot, Slot::Cell(_)));
+        assert_eq!(g.tat(slot), 2_000);
+    }
+
+    #[test]
+    fn long_keys_never_seed_new_cells() {
+        let reg = Registry::<String>::new(Bounds {
+            entries: 16,
+            bytes: usize::MAX,
+            key_bytes: 8,
+        });
+        // An attacker drains the long-key bucket far ahead.
+        for i in 0..100 {
+            let long = format!("{i:0>9}");
+            reg.update(&long, 10, |tat| (Some(tat.max(10) + 1_000_000), ()));
+        }
+        // Every new short key still starts with a full bucket.
+        for i in 0..16 {
+            let tat = reg.update(&format!("k{i}"), 20, |tat| (None::<u64>, tat));
+            assert!(tat <= 20, "new key k{i} starts with a debt: {tat}");
+        }
+    }
+
+    #[test]
     fn a_new_cell_is_never_fresher_than_the_cell_swept_for_it() {
         let reg = Registry::<u64>::new(bounds(1));
         let (mut g, slot) = reg.lock(&0, 0);
@@ -422,7 +512,7 @@ mod tests {
         });
         let (guard, slot) = reg.lock(&"x".repeat(9), 0);
         drop(guard);
-        assert_eq!(slot, Slot::Overflow);
+        assert_eq!(slot, Slot::Long);
         let mut cells = 0;
         for k in 0..1000 {
             let (mut g, slot) = reg.lock(&format!("{k:08}"), 0);

@@ -359,6 +359,33 @@ async fn a_flood_of_new_keys_never_gets_more_than_the_quota() {
     send(&mut svc, req(&format!("{long}3"))).await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn long_keys_do_not_starve_new_short_keys() {
+    // Over-long keys share a bucket; draining it (400 requests with
+    // distinct 300-byte keys over the 16 shards) must not refuse any key
+    // that fits: a never-seen key has a full bucket.
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::per_key(
+            "key",
+            Quota::per_second(10).burst(5),
+            key::header("x-api-key"),
+        ))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(ok_service());
+    for i in 0..400 {
+        let _ = send(&mut svc, req(&format!("{i:0>300}"))).await;
+    }
+    assert!(send(&mut svc, req(&"9".repeat(300))).await.is_err());
+    let mut refused = 0;
+    for i in 0..20 {
+        if send(&mut svc, req(&format!("alice-{i}"))).await.is_err() {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 0, "{refused}/20 new short keys refused at once");
+}
+
 #[test]
 fn invalid_settings_are_config_errors() {
     let ip = || Limit::per_key("ip", Quota::per_second(1), key::peer_ip::<()>);
