@@ -52,6 +52,21 @@ pub trait RateKey: Hash + Eq + Clone + Send + Sync + 'static {
     /// Writes the key's text into a Redis key name (fleet-wide limits).
     /// Distinct keys must write distinct bytes.
     fn write_key(&self, out: &mut Vec<u8>);
+
+    /// The copy of the key the registry stores when the key gets a bucket
+    /// (once per new key; lookups of stored keys allocate nothing). It must
+    /// equal `self` and hold no more heap than [`heap_bytes`] says.
+    ///
+    /// The default is `clone`. Keys that may be a view into a larger buffer
+    /// override it with a detached copy: a [`HeaderValue`] parsed by hyper
+    /// (or h2) shares the `Bytes` of the whole request head, so storing a
+    /// clone would keep that buffer alive for as long as the key is
+    /// limited, far beyond the registry's byte bound.
+    ///
+    /// [`heap_bytes`]: RateKey::heap_bytes
+    fn to_stored(&self) -> Self {
+        self.clone()
+    }
 }
 
 impl RateKey for () {
@@ -139,6 +154,17 @@ impl RateKey for HeaderValue {
     fn write_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.as_bytes());
     }
+    fn to_stored(&self) -> Self {
+        // An exact-size copy, not a view into the request's head buffer.
+        match HeaderValue::from_bytes(self.as_bytes()) {
+            Ok(mut copy) => {
+                copy.set_sensitive(self.is_sensitive());
+                copy
+            }
+            // Unreachable: the bytes come from a valid value.
+            Err(_) => self.clone(),
+        }
+    }
 }
 
 /// `None` is one key of its own: every request without the key's source
@@ -156,6 +182,9 @@ impl<K: RateKey> RateKey for Option<K> {
             None => out.push(b'-'),
         }
     }
+    fn to_stored(&self) -> Self {
+        self.as_ref().map(RateKey::to_stored)
+    }
 }
 
 impl<A: RateKey, B: RateKey> RateKey for (A, B) {
@@ -169,6 +198,9 @@ impl<A: RateKey, B: RateKey> RateKey for (A, B) {
         let len = out.len() - start;
         out.extend_from_slice(format!("#{len}:").as_bytes());
         self.1.write_key(out);
+    }
+    fn to_stored(&self) -> Self {
+        (self.0.to_stored(), self.1.to_stored())
     }
 }
 
@@ -280,6 +312,19 @@ mod tests {
         assert_eq!(HeaderValue::from_static("xyz").heap_bytes(), 3);
         assert_eq!(Some(vec![1u8, 2]).heap_bytes(), 2);
         assert_eq!(7u32.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn stored_header_values_are_detached_copies() {
+        let mut value = HeaderValue::from_str("k-123").unwrap();
+        value.set_sensitive(true);
+        // A clone shares the buffer (hyper's values share the request head).
+        assert_eq!(value.clone().as_bytes().as_ptr(), value.as_bytes().as_ptr());
+        for stored in [value.to_stored(), Some(value.clone()).to_stored().unwrap()] {
+            assert_eq!(stored, value);
+            assert!(stored.is_sensitive());
+            assert_ne!(stored.as_bytes().as_ptr(), value.as_bytes().as_ptr());
+        }
     }
 
     #[cfg(feature = "axum")]

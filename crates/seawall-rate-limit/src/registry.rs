@@ -191,7 +191,9 @@ impl<K: RateKey> Shard<K> {
             seed = seed.max(*self.overflow_tat.get_mut());
         }
         let cell = Cell {
-            key: key.clone(),
+            // A detached copy: a key borrowed from the request's buffers
+            // must not keep them alive.
+            key: key.to_stored(),
             hash,
             tat: AtomicU64::new(seed),
         };
@@ -225,6 +227,13 @@ impl<K: RateKey> Shard<K> {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.table.len()
+    }
+
+    #[cfg(test)]
+    fn stored(&self, key: &K, hash: u64) -> Option<&K> {
+        self.table
+            .find(hash, |cell| cell.key == *key)
+            .map(|cell| &cell.key)
     }
 }
 
@@ -446,6 +455,32 @@ mod tests {
         let (g, slot) = reg.lock(&99, 1_600);
         assert!(matches!(slot, Slot::Cell(_)));
         assert_eq!(g.tat(slot), 2_000);
+    }
+
+    #[test]
+    fn stored_header_keys_do_not_share_the_request_buffer() {
+        let reg = Registry::<Option<http::HeaderValue>>::new(bounds(16));
+        // As hyper hands it over: the request owns the value's buffer.
+        let req = http::Request::builder()
+            .header("x-api-key", "k-123")
+            .body(())
+            .unwrap();
+        let key = req.headers().get("x-api-key").cloned();
+        let theirs = key.as_ref().unwrap().as_bytes().as_ptr();
+        reg.update(&key, 0, |tat| (Some(tat + 1), ()));
+        let (shard, hash) = reg.shard(&key);
+        let guard = read(shard);
+        let stored = guard.stored(&key, hash).unwrap().as_ref().unwrap();
+        assert_eq!(stored.as_bytes(), b"k-123");
+        assert_ne!(
+            stored.as_bytes().as_ptr(),
+            theirs,
+            "the stored key shares the request's buffer"
+        );
+        // Lookups of the stored key find it without storing again.
+        drop(guard);
+        assert_eq!(reg.update(&key, 0, |tat| (None::<u64>, tat)), 1);
+        assert_eq!(reg.len(), 1);
     }
 
     #[test]
