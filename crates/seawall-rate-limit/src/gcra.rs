@@ -134,6 +134,24 @@ impl Quota {
         // Rounded up: a unit never comes back sooner than the quota says.
         let period = self.period.as_nanos() as u64;
         let interval = period.div_ceil(self.rate);
+        // Whole nanoseconds cannot represent every rate: above 1e9 units a
+        // second the interval would be 1 ns (and the limit silently 1e9/s),
+        // and near it the rounding is coarse. Refuse a rate the interval
+        // would enforce more than 1% below what it advertises.
+        if u128::from(interval) * u128::from(self.rate) * 100 > u128::from(period) * 101 {
+            return Err(ConfigError::new(
+                LAYER,
+                field,
+                format!(
+                    "rate must be enforceable within 1% in whole nanoseconds per unit, \
+                     got {} per {:?} (a unit every {interval} ns would be {} per {:?})",
+                    self.rate,
+                    self.period,
+                    period / interval,
+                    self.period
+                ),
+            ));
+        }
         let tolerance = interval
             .checked_mul(burst)
             .filter(|&t| t <= MAX_PERIOD.as_nanos() as u64)
@@ -266,6 +284,22 @@ mod tests {
     }
 
     #[test]
+    fn rates_the_nanosecond_represents_within_one_percent_are_accepted() {
+        for rate in [
+            1_000_000_000,
+            500_000_000,
+            100_000_000,
+            101_000_000,
+            999_999,
+            3,
+        ] {
+            let g = gcra(Quota::per_second(rate));
+            let enforced = SEC as f64 / g.interval as f64;
+            assert!(enforced >= rate as f64 / 1.01, "{rate}: {enforced}");
+        }
+    }
+
+    #[test]
     fn invalid_quotas_are_config_errors() {
         for (q, what) in [
             (Quota::per_second(0), "rate"),
@@ -273,6 +307,10 @@ mod tests {
             (Quota::new(1, Duration::ZERO), "period"),
             (Quota::new(1, Duration::from_secs(u64::MAX)), "period"),
             (Quota::per_second(MAX_UNITS + 1), "rate"),
+            // 1 ns per unit would be 1e9/s: silently half the rate.
+            (Quota::per_second(2_000_000_000), "rate"),
+            // 7 ns per unit would be 5% slower than 150,000,000/s.
+            (Quota::per_second(150_000_000), "rate"),
             (Quota::new(1, MAX_PERIOD).burst(2), "burst"),
         ] {
             let err = q.validate("limit").unwrap_err();

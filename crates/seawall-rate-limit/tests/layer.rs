@@ -386,6 +386,35 @@ async fn long_keys_do_not_starve_new_short_keys() {
     assert_eq!(refused, 0, "{refused}/20 new short keys refused at once");
 }
 
+#[tokio::test(start_paused = true)]
+async fn rates_above_one_per_nanosecond_are_refused_not_halved() {
+    // 2e9/s would be enforced as one unit per nanosecond, 1e9/s, while
+    // the policy field advertised 2e9/s.
+    let built = RateLimitLayer::builder()
+        .limit(Limit::global("all", Quota::per_second(2_000_000_000)))
+        .headers()
+        .build();
+    let err = built.map(|_| ()).unwrap_err();
+    assert_eq!(err.field(), "quota");
+    assert!(err.reason().starts_with("rate"), "{err}");
+    // 1e9/s is exact: 1,000 units come back in 1,000 ns.
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::global(
+            "all",
+            Quota::per_second(1_000_000_000).burst(1000),
+        ))
+        .cost(|_: &Req| 1000)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(ok_service());
+    send(&mut svc, req("a")).await.unwrap();
+    let err = send(&mut svc, req("a")).await.unwrap_err();
+    assert_eq!(
+        limited(&err).retry_after(),
+        Some(Duration::from_nanos(1000))
+    );
+}
+
 #[test]
 fn invalid_settings_are_config_errors() {
     let ip = || Limit::per_key("ip", Quota::per_second(1), key::peer_ip::<()>);
