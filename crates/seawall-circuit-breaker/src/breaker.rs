@@ -845,7 +845,7 @@ impl Breaker {
             state,
             state_since: control.since,
             calls: counts.calls,
-            successes: counts.calls - counts.failures,
+            successes: counts.calls.saturating_sub(counts.failures),
             failures: counts.failures,
             slow_calls: counts.slow,
             failure_rate: rate(counts.failures),

@@ -22,3 +22,21 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// One step of waiting for another thread: spins a little, then yields.
+#[cfg(not(loom))]
+pub(crate) fn backoff(spins: &mut u32) {
+    if *spins < 64 {
+        *spins += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// One step of waiting for another thread (under loom, a yield, so the
+/// model lets the other thread run).
+#[cfg(loom)]
+pub(crate) fn backoff(_spins: &mut u32) {
+    loom::thread::yield_now();
+}

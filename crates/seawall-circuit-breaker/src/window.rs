@@ -6,9 +6,9 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 
-use crate::sync::{fence, lock, AtomicU64, Mutex};
+use crate::sync::{backoff, fence, lock, AtomicU64, Mutex};
 
 /// Keeps a hot atomic on its own cache line pair so that writers of one
 /// counter do not evict readers of another (adjacent-line prefetch makes 128
@@ -40,8 +40,8 @@ impl Counts {
     }
 }
 
-/// The largest count window: three counts of up to this size, plus the
-/// transient negatives of racing writers, must fit 21-bit signed fields.
+/// The largest count window: three counts of up to this size must fit the
+/// totals word's 21-bit fields.
 pub(crate) const MAX_COUNT_WINDOW: usize = 500_000;
 
 const F21: u32 = 21;
@@ -60,13 +60,13 @@ const fn sign_extend(x: u64, bits: u32) -> i64 {
     ((x << (64 - bits)) as i64) >> (64 - bits)
 }
 
-/// Reads three 21-bit two's-complement fields out of a word that was only
-/// ever changed by wrapping adds of packed deltas.
+/// Reads three 21-bit fields out of a word that was only ever changed by
+/// wrapping adds of packed deltas.
 ///
-/// Two writers that hit the same slot can apply their deltas in the other
-/// order than their swaps, so a field may be briefly negative; taking the
-/// low field as signed and removing it before shifting keeps its borrow out
-/// of the next field, and the clamp hides the transient.
+/// Writers of one slot take turns (see [`CountWindow`]), so every slot
+/// always contributes one whole outcome and no field is ever negative; the
+/// fields are still read as signed and clamped, so that a bug could never
+/// borrow one field into the next.
 #[inline]
 fn unpack_totals(word: u64) -> Counts {
     let calls = sign_extend(word, F21);
@@ -74,27 +74,49 @@ fn unpack_totals(word: u64) -> Counts {
     let failures = sign_extend(rest, F21);
     let rest = rest.wrapping_sub(failures as u64) >> F21;
     let slow = sign_extend(rest, 64 - 2 * F21);
+    let calls = calls.max(0) as u64;
     Counts {
-        calls: calls.max(0) as u64,
-        failures: failures.max(0) as u64,
-        slow: slow.max(0) as u64,
+        calls,
+        failures: (failures.max(0) as u64).min(calls),
+        slow: (slow.max(0) as u64).min(calls),
     }
 }
 
+/// The bits of a slot word that hold the outcome; the rest is the index of
+/// the writer whose turn it is.
+const TURN_SHIFT: u32 = 3;
+const OUTCOME_MASK: u64 = (1 << TURN_SHIFT) - 1;
+
 /// Exactly the last `size` recorded outcomes.
 ///
-/// A ring of one byte per call plus running totals: a writer claims the next
-/// slot with `fetch_add`, swaps its outcome in, and adds the difference
-/// between what it wrote and what it replaced to the totals. Because every
-/// slot change is an atomic swap and its delta is applied exactly once, the
-/// totals always converge to the sum of the ring, and a success replacing a
-/// success (the common case) writes nothing to the totals at all.
+/// A ring of one word per call plus running totals. A writer claims the
+/// next index `i` with `fetch_add`; slot `i % size` is its. Writers of one
+/// slot take turns in index order: the slot word holds the index of the
+/// writer whose turn it is, and writer `i` waits until it reads `i` (that
+/// is, until writer `i - size` is done), puts its outcome in, adds the
+/// difference from the one it replaces to the totals, and hands the slot to
+/// `i + size` with one `Release` store. So an older outcome never replaces a
+/// newer one, the deltas of one slot reach the totals in order, and every
+/// slot always contributes exactly one whole outcome to them: the totals
+/// never show more failures (or slow calls) than calls. A success replacing
+/// a success writes nothing to the totals.
+///
+/// A writer waits only if the writer `size` calls before it on the same
+/// slot has claimed its index and not yet published (a handful of
+/// instructions, unless that thread was descheduled in between).
+///
+/// The totals can still hold an outcome older than the last `size` calls
+/// while a later writer of its slot has claimed but not published; a trip
+/// is therefore confirmed on [`CountWindow::snapshot`], which counts only
+/// outcomes of one run of `size` consecutive calls.
 pub(crate) struct CountWindow {
     head: Padded<AtomicU64>,
     totals: Padded<AtomicU64>,
-    /// `u64::MAX / size + 1`, for Lemire's division-free remainder.
-    magic: u64,
-    slots: Box<[AtomicU8]>,
+    /// `u128::MAX / size + 1`, for Lemire's division-free remainder.
+    magic: u128,
+    size: u64,
+    /// `turn << TURN_SHIFT | outcome bits`.
+    slots: Box<[AtomicU64]>,
 }
 
 impl fmt::Debug for CountWindow {
@@ -112,35 +134,71 @@ impl CountWindow {
         Self {
             head: Padded(AtomicU64::new(0)),
             totals: Padded(AtomicU64::new(0)),
-            magic: (u64::MAX / size as u64).wrapping_add(1),
-            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            magic: (u128::MAX / size as u128).wrapping_add(1),
+            size: size as u64,
+            // Slot `s` waits for writer `s`, and holds no outcome.
+            slots: (0..size as u64)
+                .map(|s| AtomicU64::new(s << TURN_SHIFT))
+                .collect(),
         }
     }
 
-    /// `i % size` without a division (Lemire, Kaser, Kurz 2019), on the low
-    /// 32 bits of `i`. When the position wraps at 2³² one slot is reused
-    /// early; once in four billion calls that is harmless.
+    /// `i % size` without a division (Lemire, Kaser, Kurz 2019, on the full
+    /// 64-bit index: the slot of an index must never change, since writers
+    /// take turns by index).
     #[inline]
     fn slot(&self, i: u64) -> usize {
-        let low = self.magic.wrapping_mul(u64::from(i as u32));
-        ((u128::from(low) * self.slots.len() as u128) >> 64) as usize
+        let low = self.magic.wrapping_mul(u128::from(i));
+        let d = u128::from(self.size);
+        let high = (low >> 64) * d;
+        let carry = ((low & u128::from(u64::MAX)) * d) >> 64;
+        ((high + carry) >> 64) as usize
     }
 
     #[inline]
     pub(crate) fn record(&self, failed: bool, slow: bool) -> Counts {
         let i = self.head.fetch_add(1, Ordering::Relaxed);
+        match self.write(i, outcome_bits(failed, slow)) {
+            Some(counts) => counts,
+            None => self.counts(),
+        }
+    }
+
+    /// Writer `i`'s turn on its slot: puts `new` in, and returns the totals
+    /// if they changed.
+    #[inline]
+    fn write(&self, i: u64, new: u8) -> Option<Counts> {
         let slot = &self.slots[self.slot(i)];
-        let new = outcome_bits(failed, slow);
-        // The common case, a success replacing a success, writes nothing.
-        if slot.load(Ordering::Relaxed) != new {
-            let old = slot.swap(new, Ordering::Relaxed);
-            if old != new {
-                let delta = slot_weight(new).wrapping_sub(slot_weight(old));
-                let prev = self.totals.fetch_add(delta, Ordering::Relaxed);
-                return unpack_totals(prev.wrapping_add(delta));
+        let mut word = slot.load(Ordering::Acquire);
+        if word >> TURN_SHIFT != i {
+            word = Self::wait_turn(slot, i);
+        }
+        let old = (word & OUTCOME_MASK) as u8;
+        let mut counts = None;
+        if old != new {
+            let delta = slot_weight(new).wrapping_sub(slot_weight(old));
+            let prev = self.totals.fetch_add(delta, Ordering::Relaxed);
+            counts = Some(unpack_totals(prev.wrapping_add(delta)));
+        }
+        // `Release`: the next writer of this slot adds its delta after ours.
+        slot.store(
+            ((i + self.size) << TURN_SHIFT) | u64::from(new),
+            Ordering::Release,
+        );
+        counts
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wait_turn(slot: &AtomicU64, i: u64) -> u64 {
+        let mut spins = 0;
+        loop {
+            backoff(&mut spins);
+            let word = slot.load(Ordering::Acquire);
+            if word >> TURN_SHIFT == i {
+                return word;
             }
         }
-        self.counts()
     }
 
     #[inline]
@@ -148,30 +206,77 @@ impl CountWindow {
         unpack_totals(self.totals.load(Ordering::Relaxed))
     }
 
+    /// The outcomes of one run of `size` consecutive calls, read slot by
+    /// slot: what a trip is confirmed on. A scan that saw every slot from
+    /// one run is returned whole; if writers kept moving (or one has
+    /// claimed its turn and not published), a few scans are tried, then the
+    /// last one counts only the slots of the run ending at the newest
+    /// outcome it saw. Never counts an outcome older than that run. O(size).
+    #[cold]
+    pub(crate) fn snapshot(&self) -> Counts {
+        let mut newest = None;
+        for _ in 0..4 {
+            let (counts, run) = self.scan(None);
+            if run.is_none() {
+                return counts;
+            }
+            newest = run;
+        }
+        self.scan(newest).0
+    }
+
+    /// One pass over the slots. Without `newest`: the sum of every written
+    /// slot, and the newest writer's index if they were not all from one
+    /// run of `size` calls. With it: the sum of the slots written by
+    /// `newest - size + 1 ..= newest` only.
+    fn scan(&self, newest: Option<u64>) -> (Counts, Option<u64>) {
+        let mut sum = Counts::default();
+        let (mut min, mut max) = (u64::MAX, 0);
+        for slot in &*self.slots {
+            let word = slot.load(Ordering::Acquire);
+            let turn = word >> TURN_SHIFT;
+            if turn < self.size {
+                // Never written.
+                continue;
+            }
+            let writer = turn - self.size;
+            if let Some(newest) = newest {
+                if writer > newest || writer + self.size <= newest {
+                    continue;
+                }
+            }
+            min = min.min(writer);
+            max = max.max(writer);
+            let b = word & OUTCOME_MASK;
+            sum.calls += b & 1;
+            sum.failures += (b >> 1) & 1;
+            sum.slow += (b >> 2) & 1;
+        }
+        let whole = newest.is_some() || min == u64::MAX || max - min < self.size;
+        (sum, (!whole).then_some(max))
+    }
+
     /// What the ring holds, counted slot by slot.
     #[cfg(all(test, not(loom)))]
     pub(crate) fn slot_sum(&self) -> Counts {
         let mut sum = Counts::default();
         for slot in &*self.slots {
-            let b = slot.load(Ordering::Relaxed);
-            sum.calls += u64::from(b & 1);
-            sum.failures += u64::from((b >> 1) & 1);
-            sum.slow += u64::from((b >> 2) & 1);
+            let b = slot.load(Ordering::Relaxed) & OUTCOME_MASK;
+            sum.calls += b & 1;
+            sum.failures += (b >> 1) & 1;
+            sum.slow += (b >> 2) & 1;
         }
         sum
     }
 
-    /// Empties the window. Each slot is swapped out and its weight taken
-    /// off the totals, exactly as a writer changes a slot, so a writer racing
-    /// the reset cannot leave the totals out of step with the ring.
+    /// Empties the window: `size` writes of "no call", one per slot, each
+    /// taking its turn like any writer, so a writer racing the reset can
+    /// never leave the totals out of step with the ring.
     pub(crate) fn reset(&self) {
-        for slot in &*self.slots {
-            let old = slot.swap(0, Ordering::Relaxed);
-            if old != 0 {
-                self.totals.fetch_sub(slot_weight(old), Ordering::Relaxed);
-            }
+        let base = self.head.fetch_add(self.size, Ordering::Relaxed);
+        for k in 0..self.size {
+            self.write(base + k, 0);
         }
-        self.head.store(0, Ordering::Relaxed);
     }
 }
 
@@ -658,7 +763,13 @@ impl Window {
     /// the window holds at `now_nanos`.
     #[cold]
     pub(crate) fn confirm(&self, now_nanos: u64) -> Counts {
-        self.counts(now_nanos)
+        match self {
+            // The totals can hold an outcome a later writer of its slot has
+            // claimed to replace and not yet replaced: count one run of
+            // consecutive calls, slot by slot.
+            Window::Count(w) => w.snapshot(),
+            Window::Time(w) => w.counts(now_nanos),
+        }
     }
 
     pub(crate) fn counts(&self, now_nanos: u64) -> Counts {
@@ -761,15 +872,139 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let mut expect = Counts::default();
-        for slot in &*w.slots {
-            let b = slot.load(Ordering::Relaxed);
-            expect.calls += u64::from(b & 1);
-            expect.failures += u64::from((b >> 1) & 1);
-            expect.slow += u64::from((b >> 2) & 1);
-        }
+        let expect = w.slot_sum();
         assert_eq!(w.counts(), expect);
+        assert_eq!(w.snapshot(), expect);
         assert_eq!(expect.calls, 7);
+    }
+
+    /// The slot of an index is its exact remainder, also past 2^32 (the
+    /// old low-32-bit remainder reused a slot early there, which writers
+    /// taking turns by index must never see).
+    #[test]
+    fn slot_is_the_exact_remainder() {
+        for size in [1u64, 2, 3, 7, 100, 4096, 499_999, 500_000] {
+            let w = CountWindow::new(size as usize);
+            for i in (0..2_000u64)
+                .chain((1u64 << 32) - 1_000..(1u64 << 32) + 1_000)
+                .chain([u64::MAX >> 3, (u64::MAX >> 3) - 1, 123_456_789_012_345])
+            {
+                assert_eq!(w.slot(i) as u64, i % size, "{i} % {size}");
+            }
+        }
+    }
+
+    /// How long the multi-thread stress tests run: short by default (CI),
+    /// longer with `SEAWALL_STRESS_SECS`.
+    fn stress_time() -> std::time::Duration {
+        let secs = std::env::var("SEAWALL_STRESS_SECS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(1.0);
+        std::time::Duration::from_secs_f64(secs)
+    }
+
+    /// Three writers on a window of 1: writers of one slot used to apply
+    /// their deltas out of order, so the totals (and the judgement made on
+    /// them) showed more failures than calls, millions of times a second.
+    #[test]
+    fn racing_writers_of_one_slot_never_show_a_rate_above_one() {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let w = Arc::new(CountWindow::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let torn = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..3u64)
+            .map(|t| {
+                let (w, stop, torn) = (w.clone(), stop.clone(), torn.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = w.record((i + t) % 2 == 0, i % 3 == 0);
+                        if c.failures > c.calls || c.slow > c.calls || c.calls > 1 {
+                            torn.fetch_add(1, Ordering::Relaxed);
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let mut seen = 0u64;
+        while start.elapsed() < stress_time() {
+            let c = w.counts();
+            let s = w.snapshot();
+            if c.failures > c.calls || c.calls > 1 || s.failures > s.calls || s.calls > 1 {
+                seen += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!((torn.load(Ordering::Relaxed), seen), (0, 0));
+        assert_eq!(w.counts(), w.slot_sum());
+        assert_eq!(w.snapshot(), w.slot_sum());
+    }
+
+    /// Window of 2; one writer strictly alternates failure, success, two
+    /// always succeed: no two consecutive calls both fail, so no run of 2
+    /// calls, the snapshot a trip is confirmed on, ever holds 2 failures;
+    /// and the totals never show more failures than calls.
+    #[test]
+    fn snapshots_never_hold_failures_no_run_of_calls_held() {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let w = Arc::new(CountWindow::new(2));
+        let stop = Arc::new(AtomicBool::new(false));
+        let bad = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..3u64)
+            .map(|t| {
+                let (w, stop, bad) = (w.clone(), stop.clone(), bad.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = w.record(t == 0 && i % 2 == 0, false);
+                        if c.failures > c.calls || (c.failures >= 2 && w.snapshot().failures >= 2) {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let mut seen = 0u64;
+        while start.elapsed() < stress_time() {
+            let c = w.counts();
+            if c.failures > c.calls || w.snapshot().failures >= 2 {
+                seen += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!((bad.load(Ordering::Relaxed), seen), (0, 0));
+    }
+
+    /// A snapshot counts only one run of consecutive calls: an outcome
+    /// whose replacement is claimed but not written yet is left out.
+    #[test]
+    fn snapshot_leaves_out_outcomes_older_than_the_run() {
+        let w = CountWindow::new(2);
+        w.record(true, false); // index 0, slot 0
+        w.record(false, false); // index 1, slot 1
+
+        // Index 2 (slot 0) is claimed and not written; index 3 is written.
+        let i = w.head.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(i, 2);
+        w.record(true, false);
+        // The totals still hold index 0's failure; no run of 2 calls
+        // holds two failures.
+        assert_eq!(w.counts(), counts(2, 2, 0));
+        assert_eq!(w.snapshot(), counts(1, 1, 0));
+        w.write(2, outcome_bits(false, false));
+        assert_eq!(w.counts(), counts(2, 1, 0));
+        assert_eq!(w.snapshot(), counts(2, 1, 0));
     }
 
     fn counts(calls: u64, failures: u64, slow: u64) -> Counts {
@@ -996,6 +1231,42 @@ mod loom_tests {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(3);
         builder.check(f);
+    }
+
+    /// Two writers of the one slot of a window of 1 (indices 0 and 1) race
+    /// while a reader reads the totals: the writers take turns by index, so
+    /// the totals never show more failures than calls or more than one
+    /// call, and the slot ends with index 1's outcome, whichever thread
+    /// claimed it.
+    #[test]
+    fn loom_count_window_writers_of_one_slot_take_turns() {
+        model(|| {
+            let w = Arc::new(CountWindow::new(1));
+            let writers: Vec<_> = [true, false]
+                .into_iter()
+                .map(|failed| {
+                    let w = w.clone();
+                    thread::spawn(move || {
+                        let c = w.record(failed, false);
+                        assert!(c.failures <= c.calls && c.calls == 1, "{c:?}");
+                    })
+                })
+                .collect();
+            let c = w.counts();
+            assert!(c.failures <= c.calls && c.calls <= 1, "{c:?}");
+            let s = w.snapshot();
+            assert!(s.failures <= s.calls && s.calls <= 1, "{s:?}");
+            for t in writers {
+                t.join().unwrap();
+            }
+            let c = w.counts();
+            assert_eq!(c.calls, 1);
+            assert_eq!(c, w.snapshot());
+            // Index 1 wrote last: its outcome is the slot's.
+            let word = w.slots[0].load(Ordering::Relaxed);
+            assert_eq!(word >> TURN_SHIFT, 2);
+            assert_eq!(u64::from(c.failures == 1), (word >> 1) & 1);
+        });
     }
 
     /// Two writers of the same new slice race to open it while a third
