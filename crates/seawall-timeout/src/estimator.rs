@@ -90,8 +90,9 @@ impl EstimatorConfig {
     }
 }
 
-/// A percentile of recent successful latencies, times a multiplier, within
-/// bounds; a fixed value until the window holds `min_samples`.
+/// A percentile of recent latencies (what the layers record: calls that
+/// made the caller wait), times a multiplier, within bounds; a fixed value
+/// until the window holds `min_samples`.
 #[derive(Debug)]
 pub(crate) struct Estimator {
     window: LatencyWindow,
@@ -145,16 +146,6 @@ impl Estimator {
     #[inline]
     pub(crate) fn cached(&self) -> Duration {
         Duration::from_micros(self.current.load(Ordering::Relaxed))
-    }
-
-    /// Records a call answered on its first poll: no time spent waiting for
-    /// the dependency, so a latency of zero, counted in the slice of the
-    /// last refresh (at most `refresh` old) rather than paying a clock read
-    /// for the slice.
-    #[inline]
-    pub(crate) fn record_immediate(&self) {
-        self.window
-            .record(self.refreshed_at.load(Ordering::Relaxed), 0);
     }
 
     /// Records a latency observed at `now`.

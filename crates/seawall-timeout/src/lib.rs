@@ -13,20 +13,30 @@
 //! timeout = clamp(percentile(p) x multiplier, floor, ceiling)
 //! ```
 //!
-//! over the latencies of the *successful* calls of a rolling window. The
-//! defaults are p99 x 3 within [10 ms, 30 s], over a 30 s window, with a
-//! fixed 1 s until the window holds 100 successful calls.
+//! over the latencies of a rolling window. The defaults are p99 x 3 within
+//! [10 ms, 30 s], over a 30 s window, with a fixed 1 s until the window
+//! holds 100 samples.
 //!
-//! - Only successes feed the estimate (decided by a
-//!   [`Classify`](seawall_core::Classify); every `Ok` by default, HTTP
-//!   successes with [`.http()`](AdaptiveTimeoutBuilder::http)): a fast `503`
-//!   or a slow connection reset says nothing of how long an answer takes.
-//! - A slow upward drift is followed (the calls still succeed and move the
-//!   percentile); a sudden jump is capped by the ceiling. Calls that time
-//!   out are not samples either: when the dependency suddenly becomes slower
-//!   than the timeout, the window empties of successes within its length and
-//!   the layer falls back to the initial timeout, from which it learns the
-//!   new latency.
+//! - **The samples**: a call that made the caller wait (returned `Pending`)
+//!   and succeeded (decided by a [`Classify`](seawall_core::Classify); every
+//!   `Ok` by default, HTTP successes with
+//!   [`.http()`](AdaptiveTimeoutBuilder::http)) counts its latency; a call
+//!   the adaptive threshold timed out counts the threshold. Nothing else: a
+//!   failure (a fast `503`, a slow reset) says nothing of how long an answer
+//!   takes, a request's own shorter deadline says nothing of the
+//!   dependency, and a call answered on its first poll could not time out
+//!   (as zero, a wall of cache hits would drag the p99 of the misses to the
+//!   floor).
+//! - **Timeouts are lower bounds, not guesses**: a timed-out call would have
+//!   taken at least the threshold. While fewer than `1 - percentile` of the
+//!   calls time out, such samples sit above the percentile whatever their
+//!   true latency, so they leave it as it would be; when more do, the
+//!   percentile becomes the threshold and each refresh multiplies it by the
+//!   multiplier until the calls fit again. A step above the timeout is so
+//!   followed within the window length, and a slow drift moves the
+//!   percentile as ever; a jump, or a dependency that hangs, is capped by
+//!   the ceiling. (With a multiplier of 1 or less the timeout cannot rise
+//!   past a step.)
 //! - The request's own deadline wins when it is shorter: with
 //!   [`.http()`](AdaptiveTimeoutBuilder::http), a `grpc-timeout` header or a
 //!   [`Deadline`] extension ([`CarriedDeadline`] for other request types).
@@ -97,7 +107,7 @@
 //!   a deduplicating server answers a keyed POST's hedge; see
 //!   [`HedgeResponse`]). A request that fails before its hedge is due is
 //!   not hedged (that is what retries are for).
-//! - **The delay** is fixed, or (the default) the p95 of recent successful
+//! - **The delay** is fixed, or (the default) the p95 of recent waited-for
 //!   latencies, from the same estimator as the adaptive timeout.
 //! - Bodies are buffered and replayed by the retry layer's
 //!   [`HttpReplay`](seawall_retry::HttpReplay), not a second implementation.
@@ -138,9 +148,9 @@
 //!
 //! On the path where nothing goes wrong, neither layer locks, boxes or
 //! allocates. A call answered on its first poll costs neither layer a clock
-//! read nor a timer: it counts as zero latency (the caller did not wait),
-//! recorded with one relaxed `fetch_add`, and the timeout is a cached atomic.
-//! A call that returns `Pending` reads the clock then and when it ends: the
+//! read, a timer or a record (it is not a sample: the caller did not wait),
+//! and the timeout is a cached atomic. A call that returns `Pending` reads
+//! the clock then and when it ends (and records one relaxed `fetch_add`): the
 //! timeout and the hedge delay count from when the caller starts waiting
 //! (tower's `Timeout` counts from `call`); a request carrying a deadline
 //! reads the clock in `call`. The percentile is recomputed from the window at

@@ -823,3 +823,35 @@ async fn the_hedge_waits_for_the_inner_service_to_be_ready() {
     reply.send_response(70);
     assert_eq!(fut.await.unwrap().unwrap(), 70);
 }
+
+/// Calls answered on their first poll (nothing to hedge) are not samples of
+/// the hedge delay: counted as zero, a wall of cache hits would pull the
+/// p95 of the calls that wait down to the floor and hedge every miss.
+#[tokio::test(start_paused = true)]
+async fn calls_answered_at_once_are_not_samples_of_the_delay() {
+    let layer = HedgeLayer::builder().min_samples(20).build().unwrap();
+    let n = Arc::new(AtomicU32::new(0));
+    let seen = n.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(move |(): ()| {
+            let i = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if i.is_multiple_of(100) {
+                    sleep(20 * MS).await;
+                }
+                Ok::<_, BoxError>(i)
+            }
+        }));
+    for _ in 0..5_000 {
+        svc.clone().oneshot(()).await.unwrap();
+        sleep(MS).await;
+    }
+    sleep(100 * MS).await;
+    let delay = layer.delay();
+    assert!(
+        delay > 19 * MS && delay < 21 * MS,
+        "the misses' p95: {delay:?}"
+    );
+    assert_eq!(n.load(Ordering::SeqCst), 5_000, "no miss hedged");
+}

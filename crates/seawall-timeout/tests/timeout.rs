@@ -137,7 +137,7 @@ async fn follows_a_step_change_within_the_window() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_jump_past_the_timeout_is_relearned_from_the_initial_timeout_up_to_the_ceiling() {
+async fn a_jump_past_the_timeout_is_learned_from_the_timeouts_up_to_the_ceiling() {
     let layer = AdaptiveTimeoutLayer::builder()
         .window(Duration::from_secs(2))
         .ceiling(Duration::from_millis(100))
@@ -150,19 +150,86 @@ async fn a_jump_past_the_timeout_is_relearned_from_the_initial_timeout_up_to_the
     load(&svc, 1_000, || Duration::from_millis(10)).await;
     advance(Duration::from_millis(100)).await;
     assert!(within(layer.timeout(), 30 * MS, 0.02));
-    // Suddenly 45 ms: every call times out at ~30 ms and teaches nothing...
+    // Suddenly 45 ms: calls time out at ~30 ms, each a sample of at least
+    // 30 ms. Once they are more than 1% of the window, the p99 is 30 ms and
+    // the next refresh triples it: the calls fit again, and their latency
+    // is learned, capped at the ceiling. Well within the 2 s window.
     let err = svc
         .clone()
         .oneshot(Duration::from_millis(45))
         .await
         .unwrap_err();
     assert!(err.is::<AdaptiveTimeoutElapsed>());
-    // ...until the window holds no success: the initial timeout lets calls
-    // through again, and the new latency is learned, capped at the ceiling.
-    load(&svc, 3_000, || Duration::from_millis(45)).await;
+    load(&svc, 300, || Duration::from_millis(45)).await;
     advance(Duration::from_millis(100)).await;
     assert_eq!(layer.timeout(), Duration::from_millis(100), "capped");
-    assert!(svc.oneshot(Duration::from_millis(45)).await.is_ok());
+    assert!(svc.clone().oneshot(Duration::from_millis(45)).await.is_ok());
+
+    // A dependency that hangs is a jump like any other: the timeout climbs
+    // by the multiplier per refresh and stops at the ceiling.
+    load(&svc, 1_000, || Duration::from_secs(3_600)).await;
+    advance(Duration::from_millis(100)).await;
+    assert_eq!(layer.timeout(), Duration::from_millis(100), "the ceiling");
+}
+
+/// The attack that found the timeouts were never samples: 4 calls in 5
+/// step from 10 ms to 100 ms (above p99 x 3 = 30 ms), and the fifth stays
+/// fast, so the window never empties of successes. The timeout must follow
+/// within the window length, not stay at 30 ms with 80% of calls failing.
+#[tokio::test(start_paused = true)]
+async fn follows_a_step_above_the_timeout_within_the_window() {
+    let layer = AdaptiveTimeoutLayer::builder()
+        .floor(MS)
+        .window(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(dependency());
+    let mut i = 0u64;
+    load(&svc, 10_000, || Duration::from_millis(10)).await;
+    advance(Duration::from_millis(100)).await;
+    assert!(
+        within(layer.timeout(), 30 * MS, 0.02),
+        "{:?}",
+        layer.timeout()
+    );
+
+    let timed_out = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    // One window (10 s) of traffic, one call per ms.
+    for _ in 0..10_000 {
+        i += 1;
+        let latency = if i.is_multiple_of(5) {
+            10 * MS
+        } else {
+            100 * MS
+        };
+        let (svc, timed_out) = (svc.clone(), timed_out.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = svc.oneshot(latency).await {
+                assert!(e.is::<AdaptiveTimeoutElapsed>());
+                timed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+        sleep(MS).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    advance(Duration::from_millis(100)).await;
+    let timeout = layer.timeout();
+    let timed_out = timed_out.load(std::sync::atomic::Ordering::Relaxed);
+    // p99 of the new mixture is 100 ms: x3 = 300 ms.
+    assert!(
+        within(timeout, 300 * MS, 0.05),
+        "after one window the timeout is {timeout:?}"
+    );
+    assert!(
+        timed_out < 1_000,
+        "{timed_out} of 10,000 calls timed out while it learned"
+    );
+    println!("step 10 -> 100 ms: {timed_out} of 10,000 calls timed out, timeout {timeout:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -175,8 +242,8 @@ async fn the_fixed_timeout_applies_before_the_minimum_samples() {
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service(dependency());
-    // 49 fast successes: not enough to trust a percentile.
-    load(&svc, 49, || Duration::from_millis(5)).await;
+    // 48 fast successes: not enough to trust a percentile.
+    load(&svc, 48, || Duration::from_millis(5)).await;
     advance(Duration::from_secs(1)).await;
     assert_eq!(layer.timeout(), Duration::from_millis(200));
     let started = Instant::now();
@@ -188,11 +255,12 @@ async fn the_fixed_timeout_applies_before_the_minimum_samples() {
         svc.clone().oneshot(150 * MS).await.is_ok(),
         "150 ms < 200 ms"
     );
-    // The 150 ms call was the 50th success: now p99 x 3 of those applies
-    // (rank 50 of 50 is the 150 ms call), within the 1.6% bucket width.
+    // The timeout (a sample of at least 200 ms) and the 150 ms call make 50
+    // samples: now p99 x 3 of those applies (rank 50 of 50 is the 200 ms
+    // lower bound), within the 1.6% bucket width.
     advance(Duration::from_secs(1)).await;
     assert!(
-        within(layer.timeout(), 450 * MS, 0.02),
+        within(layer.timeout(), 600 * MS, 0.02),
         "{:?}",
         layer.timeout()
     );
@@ -200,29 +268,68 @@ async fn the_fixed_timeout_applies_before_the_minimum_samples() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failures_and_timeouts_do_not_feed_the_estimate() {
+async fn failures_and_carried_deadlines_do_not_feed_the_estimate_timeouts_do() {
     let layer = AdaptiveTimeoutLayer::builder()
         .initial_timeout(Duration::from_millis(300))
         .min_samples(10)
+        .http()
         .build()
         .unwrap();
-    let failing = service_fn(|latency: Duration| async move {
+    // A request whose body says how long the dependency takes.
+    let answer = http::Request::new;
+    let dependency = service_fn(|req: http::Request<Duration>| async move {
+        let latency = *req.body();
         sleep(latency).await;
-        Err::<Duration, BoxError>("connection reset".into())
+        // Fast answers are failures (503).
+        let status = if latency < 10 * MS { 503 } else { 200 };
+        let mut res = http::Response::new(());
+        *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        Ok::<_, BoxError>(res)
     });
-    let svc = ServiceBuilder::new().layer(layer.clone()).service(failing);
-    for _ in 0..100 {
-        let _ = svc.clone().oneshot(MS).await;
-    }
-    let stuck = ServiceBuilder::new()
+    let svc = ServiceBuilder::new()
         .layer(layer.clone())
-        .service(dependency());
+        .service(dependency);
+    // Failures: their latency says nothing of an answer's.
+    for _ in 0..100 {
+        let res = svc.clone().oneshot(answer(MS)).await.unwrap();
+        assert_eq!(res.status(), 503);
+    }
+    // Timeouts of the request's own shorter deadline: nothing of the
+    // dependency either.
     for _ in 0..20 {
-        let _ = stuck.clone().oneshot(Duration::from_secs(5)).await;
+        let mut req = answer(Duration::from_secs(5));
+        req.headers_mut()
+            .insert("grpc-timeout", "50m".parse().unwrap());
+        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert!(err
+            .downcast_ref::<AdaptiveTimeoutElapsed>()
+            .unwrap()
+            .carried());
     }
     advance(Duration::from_secs(1)).await;
-    assert_eq!(layer.samples(), 0);
     assert_eq!(layer.timeout(), 300 * MS);
+    assert_eq!(layer.samples(), 0);
+    // Timeouts at the adaptive threshold are samples of at least the
+    // threshold: the only way to learn a latency above it.
+    for _ in 0..10 {
+        let err = svc
+            .clone()
+            .oneshot(answer(Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(!err
+            .downcast_ref::<AdaptiveTimeoutElapsed>()
+            .unwrap()
+            .carried());
+    }
+    advance(Duration::from_secs(1)).await;
+    // p99 of ten samples of at least 300 ms, x3.
+    assert!(
+        within(layer.timeout(), 900 * MS, 0.02),
+        "{:?}",
+        layer.timeout()
+    );
+    assert_eq!(layer.samples(), 10);
 }
 
 #[tokio::test(start_paused = true)]
@@ -374,7 +481,7 @@ fn invalid_settings_are_config_errors() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn calls_answered_at_once_count_as_zero_latency() {
+async fn calls_answered_at_once_are_not_samples() {
     let layer = AdaptiveTimeoutLayer::builder()
         .min_samples(10)
         .build()
@@ -388,9 +495,50 @@ async fn calls_answered_at_once_count_as_zero_latency() {
         assert_eq!(svc.clone().oneshot(n).await.unwrap(), n);
     }
     advance(Duration::from_secs(1)).await;
-    // p99 = 0, x3 = 0: the floor.
-    assert_eq!(layer.timeout(), Duration::from_millis(10));
-    assert_eq!(layer.samples(), 10);
+    assert_eq!(layer.samples(), 0, "the caller never waited");
+    assert_eq!(layer.timeout(), Duration::from_secs(1), "still the initial");
+}
+
+/// A cache in front of the dependency: 199 calls in 200 answer on their
+/// first poll, the misses take 50 ms. Counted as zero, the hits dragged the
+/// p99 to the floor (10 ms) and 98 of 100 misses timed out; the percentile
+/// is of the calls that wait.
+#[tokio::test(start_paused = true)]
+async fn calls_answered_at_once_do_not_drag_the_timeout_to_the_floor() {
+    let layer = AdaptiveTimeoutLayer::builder()
+        .min_samples(20)
+        .build()
+        .unwrap();
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = n.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(move |(): ()| {
+            let i = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if i.is_multiple_of(200) {
+                    sleep(50 * MS).await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        }));
+    let mut misses_timed_out = 0;
+    for i in 0..20_000u32 {
+        let res = svc.clone().oneshot(()).await;
+        if res.is_err() {
+            misses_timed_out += 1;
+        }
+        if i % 200 != 0 {
+            sleep(3 * MS).await;
+        }
+    }
+    advance(Duration::from_millis(100)).await;
+    assert_eq!(misses_timed_out, 0);
+    assert!(
+        within(layer.timeout(), 150 * MS, 0.02),
+        "p99 of the misses x 3: {:?}",
+        layer.timeout()
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -343,8 +343,9 @@ where
         if let Some(estimator) = self.shared.estimator() {
             let Some(start) = start else {
                 // The first attempt answered on its first poll: the
-                // caller did not wait, and nothing was hedged.
-                estimator.record_immediate();
+                // caller did not wait and nothing could be hedged, so it is
+                // not a sample (as zero, a wall of such answers would drag
+                // the delay of the calls that do wait to the floor).
                 return Some(out.map_err(Into::into));
             };
             let now = Instant::now();

@@ -73,37 +73,55 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
-            // Only successes feed the estimate: a failure's latency (a fast
-            // refusal, a slow reset) says nothing about how long a real
-            // answer takes.
-            if this
-                .shared
-                .classifier
-                .classify(result.as_ref())
-                .is_success()
-            {
-                let estimator = &this.shared.estimator;
-                match this.sleep.start() {
-                    Some(start) => {
-                        let now = Instant::now();
-                        estimator.record(now, now.saturating_duration_since(start));
-                    }
-                    // Answered on its first poll: the caller did not wait.
-                    None => estimator.record_immediate(),
+            // A call answered on its first poll is not a sample: the caller
+            // did not wait and no timeout could have fired, and counting
+            // it as zero would drag the percentile of the calls that do
+            // wait (cache misses under a wall of hits) down to the floor.
+            // Of the others, only successes feed the estimate: a failure's
+            // latency (a fast refusal, a slow reset) says nothing about how
+            // long a real answer takes.
+            if let Some(start) = this.sleep.start() {
+                if this
+                    .shared
+                    .classifier
+                    .classify(result.as_ref())
+                    .is_success()
+                {
+                    let now = Instant::now();
+                    this.shared
+                        .estimator
+                        .record(now, now.saturating_duration_since(start));
                 }
             }
             return Poll::Ready(result.map_err(Into::into));
         }
         let (called_at, timeout, shared) = (*this.called_at, *this.timeout, &*this.shared);
-        ready!(this.sleep.poll_elapsed(cx, || {
+        ready!(this.sleep.as_mut().poll_elapsed(cx, || {
             let start = called_at.unwrap_or_else(Instant::now);
             // Due refreshes of the estimate happen here, off the path of
             // calls that answer at once.
             shared.estimator.current(start);
             (start, deadline(start, timeout))
         }));
+        if !*this.carried {
+            // The adaptive threshold fired: the call would have taken at
+            // least this long, a lower bound of its latency and the only
+            // way to learn a latency above the threshold. While fewer than
+            // `1 - percentile` of the calls time out, such samples sit
+            // above the percentile either way and leave it unchanged; when
+            // more do, the percentile becomes the threshold and the next
+            // refresh multiplies it, until the calls fit again. A request's
+            // own shorter deadline says nothing of the dependency, and is
+            // not a sample.
+            if let Some(start) = this.sleep.start() {
+                let now = Instant::now();
+                this.shared
+                    .estimator
+                    .record(now, now.saturating_duration_since(start));
+            }
+        }
         if L::ENABLED {
             this.shared.listener.on_event(&TimeoutEvent::TimedOut {
                 layer: this.shared.name.clone(),

@@ -25,8 +25,15 @@ pub(crate) struct TimeoutShared<C, D, L> {
 }
 
 /// Times calls out after `clamp(percentile(p) x multiplier, floor, ceiling)`
-/// of the latencies of recent successful calls, or the deadline the request
-/// carries when that comes first.
+/// of recent latencies, or the deadline the request carries when that comes
+/// first.
+///
+/// The samples are the latencies of calls that made the caller wait and
+/// succeeded, and, for calls the adaptive threshold timed out, the time
+/// they waited (a lower bound of their latency, so that a latency above
+/// the threshold can be learned). Failures, timeouts of a request's own
+/// shorter deadline and calls answered on their first poll are not
+/// samples. See the [crate documentation](crate).
 ///
 /// Every service made by a layer (and every clone of one) shares its latency
 /// window, so the estimate learns from all the traffic to the dependency.
@@ -34,11 +41,11 @@ pub(crate) struct TimeoutShared<C, D, L> {
 /// The timeout counts from the first poll of the response future that finds
 /// the call pending (when the caller starts waiting), or from `call` when
 /// the request carries a deadline. A call answered on its first poll reads
-/// no clock, arms no timer and counts as a latency of zero.
+/// no clock, arms no timer and is not a sample.
 ///
-/// - `C` decides which results feed the estimate: only
+/// - `C` decides which answers feed the estimate: only
 ///   [`Outcome::Success`](seawall_core::Outcome::Success) does
-///   ([`ErrorsFail`] by default: every `Ok`).
+///   ([`ErrorsFail`] by default: every `Ok`); timeouts do regardless.
 /// - `D` reads the deadline a request carries ([`NoDeadline`] by default;
 ///   [`HttpDeadline`] with [`AdaptiveTimeoutBuilder::http`]).
 /// - `L` receives a [`TimeoutEvent`](crate::TimeoutEvent) per timeout.
@@ -96,7 +103,8 @@ impl<C, D, L> AdaptiveTimeoutLayer<C, D, L> {
         self.shared.estimator.current(Instant::now())
     }
 
-    /// Successful calls in the window when the timeout was last computed.
+    /// Samples in the window when the timeout was last computed: waited-for
+    /// successes and adaptive timeouts.
     pub fn samples(&self) -> u64 {
         self.shared.estimator.samples()
     }
@@ -135,8 +143,8 @@ impl<C, D, L> fmt::Debug for AdaptiveTimeoutBuilder<C, D, L> {
 }
 
 impl<C, D, L> AdaptiveTimeoutBuilder<C, D, L> {
-    /// The percentile of successful latencies to start from, in `(0, 1)`
-    /// (default 0.99).
+    /// The percentile of the samples to start from, in `(0, 1)` (default
+    /// 0.99).
     pub fn percentile(mut self, p: f64) -> Self {
         self.config.quantile = p;
         self
@@ -154,23 +162,24 @@ impl<C, D, L> AdaptiveTimeoutBuilder<C, D, L> {
         self
     }
 
-    /// The longest timeout (default 30 s): a sudden jump of the latency
-    /// raises the timeout no further.
+    /// The longest timeout (default 30 s): a sudden jump of the latency, or
+    /// a dependency that hangs, raises the timeout no further (timeouts are
+    /// samples, so it climbs there by the multiplier per refresh).
     pub fn ceiling(mut self, d: Duration) -> Self {
         self.config.ceiling = d;
         self
     }
 
     /// The fixed timeout used while the window holds fewer than
-    /// `min_samples` successful calls (default 1 s). It is not clamped by
+    /// `min_samples` samples (default 1 s). It is not clamped by
     /// floor and ceiling.
     pub fn initial_timeout(mut self, d: Duration) -> Self {
         self.config.initial = d;
         self
     }
 
-    /// Successful calls the window must hold before the percentile is
-    /// trusted (default 100, at least 1).
+    /// Samples the window must hold before the percentile is trusted
+    /// (default 100, at least 1).
     pub fn min_samples(mut self, n: u64) -> Self {
         self.config.min_samples = n;
         self
