@@ -41,27 +41,46 @@ use crate::headers::StateWriter;
 use crate::limit::{Decide, Decision};
 use crate::service::Answer;
 
-/// KEYS: one per limit. ARGV: cost, then per limit its emission interval and
-/// its burst, in microseconds and units. Returns `{admitted, wait_us,
-/// remaining_1, until_full_us_1, ...}`; `wait_us` is -1 when the cost
+/// KEYS: one per limit. ARGV: cost, then per limit its emission interval in
+/// nanoseconds and its burst in units. Returns `{admitted, wait_ns,
+/// remaining_1, until_full_ns_1, ...}`; `wait_ns` is -1 when the cost
 /// exceeds a burst.
+///
+/// Lua's numbers are doubles, exact only below 2^53, and the server's clock
+/// in nanoseconds since 1970 is above that; so a TAT is stored as
+/// `"seconds:nanoseconds"` and the script works with how far it is ahead of
+/// `now`, in nanoseconds: exact, like the local limiter, while a bucket is
+/// within about 104 days of full (beyond that the relative error is
+/// 2^-53). A value in the old format (whole microseconds) is still read.
 const GCRA_SCRIPT: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_s = tonumber(t[1])
+local now_us = tonumber(t[2])
+local now_n = now_us * 1000
 local cost = tonumber(ARGV[1])
 local n = #KEYS
-local tats = {}
+local aheads = {}
 local wait = 0
 for i = 1, n do
   local interval = tonumber(ARGV[2 * i])
   local burst = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or 0
-  if tat < now then tat = now end
-  tats[i] = tat
+  local ahead = 0
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local s, ns = string.match(v, '^(%d+):(%d+)$')
+    if s then
+      ahead = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_n)
+    else
+      local us = tonumber(v)
+      if us then ahead = (us - (now_s * 1000000 + now_us)) * 1000 end
+    end
+    if ahead < 0 then ahead = 0 end
+  end
+  aheads[i] = ahead
   if cost > burst then
     wait = -1
   elseif wait >= 0 then
-    local over = tat + cost * interval - now - burst * interval
+    local over = ahead + cost * interval - burst * interval
     if over > wait then wait = over end
   end
 end
@@ -70,13 +89,16 @@ if wait == 0 then out[1] = 1 end
 for i = 1, n do
   local interval = tonumber(ARGV[2 * i])
   local burst = tonumber(ARGV[2 * i + 1])
-  local tat = tats[i]
+  local ahead = aheads[i]
   if wait == 0 then
-    tat = tat + cost * interval
-    redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 2)
+    ahead = ahead + cost * interval
+    local total = now_n + ahead
+    local carry = math.floor(total / 1000000000)
+    local tat = string.format('%d:%d', now_s + carry, total - carry * 1000000000)
+    redis.call('SET', KEYS[i], tat, 'PX', math.floor(ahead / 1000000) + 2)
   end
-  out[2 * i + 1] = math.floor((burst * interval - (tat - now)) / interval)
-  out[2 * i + 2] = tat - now
+  out[2 * i + 1] = math.floor((burst * interval - ahead) / interval)
+  out[2 * i + 2] = ahead
 end
 return out
 ";
@@ -215,8 +237,9 @@ impl RedisBackend {
     pub(crate) fn into_backend(self, gcras: &[Gcra]) -> Backend {
         let mut params = Vec::with_capacity(gcras.len());
         for g in gcras {
-            // Microseconds on the server, rounded up like the local limiter.
-            params.push((g.interval.div_ceil(1000), g.burst));
+            // Nanoseconds on the server too: the same interval as the local
+            // limiter (and its fallback), not one rounded to microseconds.
+            params.push((g.interval, g.burst));
         }
         Backend {
             conn: self.conn,
@@ -302,24 +325,22 @@ fn parse(reply: &Value, names: &[Arc<str>], fields: bool) -> Option<Answer> {
         return None;
     }
     let admitted = int(&items[0])? == 1;
-    let wait_us = int(&items[1])?;
+    let wait_ns = int(&items[1])?;
     let mut writer = StateWriter::default();
     let mut binding = 0;
     let mut longest = i64::MIN;
     for (i, name) in names.iter().enumerate() {
         let remaining = int(&items[2 + 2 * i])?;
-        let until_full_us = int(&items[3 + 2 * i])?;
-        if until_full_us > longest {
-            longest = until_full_us;
+        let until_full_ns = int(&items[3 + 2 * i])?;
+        if until_full_ns > longest {
+            longest = until_full_ns;
             binding = i;
         }
         if fields {
             writer.push_raw(
                 name,
                 u64::try_from(remaining).unwrap_or(0),
-                u64::try_from(until_full_us)
-                    .unwrap_or(0)
-                    .saturating_mul(1000),
+                u64::try_from(until_full_ns).unwrap_or(0),
             );
         }
     }
@@ -327,9 +348,7 @@ fn parse(reply: &Value, names: &[Arc<str>], fields: bool) -> Option<Answer> {
         Decision::Admit
     } else {
         Decision::Refuse {
-            wait: u64::try_from(wait_us)
-                .ok()
-                .map(|us| us.saturating_mul(1000)),
+            wait: u64::try_from(wait_ns).ok(),
             limit: binding,
         }
     };
@@ -351,11 +370,11 @@ mod tests {
         let names: Vec<Arc<str>> = vec![Arc::from("ip"), Arc::from("all")];
         let reply = Value::Array(vec![
             Value::Int(0),
-            Value::Int(250_000),
+            Value::Int(250_000_000),
             Value::Int(0),
-            Value::Int(1_250_000),
+            Value::Int(1_250_000_000),
             Value::Int(40),
-            Value::Int(100_000),
+            Value::Int(100_000_000),
         ]);
         let answer = parse(&reply, &names, true).unwrap();
         assert_eq!(

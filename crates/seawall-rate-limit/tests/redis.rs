@@ -192,6 +192,38 @@ async fn wait_mode_waits_for_the_server_to_admit() {
     cleanup(&mut conn, &prefix).await;
 }
 
+#[tokio::test]
+async fn the_server_refills_at_the_configured_rate() {
+    let Some(mut conn) = connect().await else {
+        return;
+    };
+    let prefix = unique_prefix("rate");
+    // 999,999/s: an interval of 1,001 ns, which whole microseconds would
+    // round to 2 µs (500,000/s, half the limit; the local fallback would
+    // then run at twice the fleet's rate).
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::global("all", Quota::per_second(999_999)))
+        .cost(|_: &Req| 999_999)
+        .redis(backend(&prefix).on_error(OnBackendError::FailClosed))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(ok_service());
+    send(&mut svc, req("a")).await.unwrap();
+    let err = send(&mut svc, req("a")).await.unwrap_err();
+    let wait = err.downcast_ref::<RateLimited>().unwrap().retry_after();
+    let wait = wait.expect("a retry_after");
+    // One period's worth comes back in 1.000998999 s, less what the
+    // second round trip took.
+    assert!(
+        wait > Duration::from_millis(900) && wait <= Duration::from_nanos(1_000_998_999),
+        "{wait:?}"
+    );
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    let again = send(&mut svc, req("a")).await;
+    cleanup(&mut conn, &prefix).await;
+    again.unwrap();
+}
+
 /// A port nothing listens on.
 fn closed_port_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
