@@ -125,8 +125,10 @@ pub(crate) struct Breaker {
     open_until: AtomicU64,
     half_open_since: AtomicU64,
     /// Admission times of the probes of the current half-open period that
-    /// have started and not finished, and the earliest moment one of them
-    /// has waited `max_half_open_wait` (`u64::MAX` if none).
+    /// hold a slot (admitted, called or not, and not finished), and the
+    /// earliest moment one of them has waited `max_half_open_wait`
+    /// (`u64::MAX` if none). A slot is taken and given back only under
+    /// this lock, together with its time.
     probe_clock: Mutex<ProbeClock>,
     probe_deadline: AtomicU64,
     rejected: AtomicU64,
@@ -258,8 +260,9 @@ impl Breaker {
     }
 
     /// Decides whether a call may go through, returning the state word it
-    /// is admitted under; the [`Ticket`] is made from it when the call
-    /// starts ([`Breaker::ticket`]).
+    /// is admitted under and, for a half-open probe, its admission time
+    /// ([`NO_START`] otherwise); the [`Ticket`] is made from them when the
+    /// call starts ([`Breaker::ticket`]).
     ///
     /// Always inlined, with everything but the closed and disabled states
     /// out of line, so the word stays in registers instead of crossing a
@@ -268,20 +271,20 @@ impl Breaker {
     /// per call).
     #[allow(clippy::inline_always)]
     #[inline(always)]
-    pub(crate) fn admit(&self) -> Result<u64, CircuitOpen> {
+    pub(crate) fn admit(&self) -> Result<(u64, u64), CircuitOpen> {
         let word = self.state.load(Ordering::Acquire);
         if admits_all(word) {
-            return Ok(word);
+            return Ok((word, NO_START));
         }
         self.admit_slow(word)
     }
 
     #[cold]
     #[inline(never)]
-    fn admit_slow(&self, mut word: u64) -> Result<u64, CircuitOpen> {
+    fn admit_slow(&self, mut word: u64) -> Result<(u64, u64), CircuitOpen> {
         loop {
             match state_of(word) {
-                State::Closed | State::Disabled => return Ok(word),
+                State::Closed | State::Disabled => return Ok((word, NO_START)),
                 // Forced open has no end the breaker knows of: hint the
                 // open duration an automatic trip starts with.
                 State::ForcedOpen => return Err(self.reject(word, Some(self.cfg.open.base()))),
@@ -298,11 +301,11 @@ impl Breaker {
                     // Checked on every admission: a probe that has not
                     // finished `max_half_open_wait` after its admission is
                     // lost, and the breaker opens again as of that moment.
-                    if let Some(lost_at) = self.lost_probe(word, now) {
+                    if let Some(lost_at) = self.lost_probe(now) {
                         self.reopen_lost(word, lost_at);
                     } else {
-                        match self.gate.try_admit(epoch_of(word), self.cfg.probes) {
-                            Admit::Admitted => return Ok(word),
+                        match self.admit_probe(word, now) {
+                            Admit::Admitted => return Ok((word, now)),
                             Admit::Full => {
                                 return Err(self.reject(word, Some(self.half_open_hint(now))));
                             }
@@ -319,27 +322,26 @@ impl Breaker {
         }
     }
 
-    /// When the oldest probe of the half-open period `word` was lost, if
-    /// one is: a started probe `max_half_open_wait` after its admission, or
-    /// a slot taken but never started that long after half-open began.
-    fn lost_probe(&self, word: u64, now: u64) -> Option<u64> {
+    /// When the oldest probe of the half-open period was lost, if one is:
+    /// one not finished `max_half_open_wait` after its admission (whether
+    /// or not it was called yet). Every probe slot taken has its admission
+    /// time in the probe clock, noted under the same lock as the slot.
+    fn lost_probe(&self, now: u64) -> Option<u64> {
         let deadline = self.probe_deadline.load(Ordering::Acquire);
-        if now >= deadline {
-            return Some(deadline);
+        (now >= deadline).then_some(deadline)
+    }
+
+    /// Takes a probe slot of the half-open period `word` and notes its
+    /// admission time, as one step under the probe clock's lock: no one
+    /// ever sees a slot taken without its time, or a time without its slot.
+    fn admit_probe(&self, word: u64, now: u64) -> Admit {
+        let mut clock = lock(&self.probe_clock);
+        let admit = self.gate.try_admit(epoch_of(word), self.cfg.probes);
+        if admit == Admit::Admitted && clock.epoch == epoch_of(word) {
+            clock.started.push(now);
+            self.publish_deadline(&clock);
         }
-        let wait = duration_nanos(self.cfg.max_half_open_wait);
-        let unstarted_deadline = self
-            .half_open_since
-            .load(Ordering::Relaxed)
-            .saturating_add(wait);
-        if now < unstarted_deadline {
-            return None;
-        }
-        // Slots taken and not finished, against probes started: the rest
-        // were admitted and never called.
-        let (taken, done) = self.gate.counts(epoch_of(word))?;
-        let started = lock(&self.probe_clock).started.len();
-        (taken.saturating_sub(done) as usize > started).then_some(unstarted_deadline)
+        admit
     }
 
     /// How long a caller refused while half-open should wait: until the
@@ -369,28 +371,19 @@ impl Breaker {
         self.announce(from, State::Open, None);
     }
 
-    /// Notes a probe's start, for `max_half_open_wait`.
-    #[cold]
-    #[inline(never)]
-    fn probe_started(&self, word: u64) -> u64 {
-        let now = self.nanos(Instant::now());
+    /// Forgets the admission time `at` of a probe of the half-open period
+    /// `word` that finished or gave its slot back, and runs `gate_op` (the
+    /// gate's completion or release) under the same lock, so the probe's
+    /// time and its slot go together.
+    fn probe_done<R>(&self, word: u64, at: u64, gate_op: impl FnOnce() -> R) -> R {
         let mut clock = lock(&self.probe_clock);
         if clock.epoch == epoch_of(word) {
-            clock.started.push(now);
-            self.publish_deadline(&clock);
-        }
-        now
-    }
-
-    /// Forgets a probe that finished or was abandoned after it started.
-    fn probe_finished(&self, ticket: &Ticket) {
-        let mut clock = lock(&self.probe_clock);
-        if clock.epoch == epoch_of(ticket.word) {
-            if let Some(i) = clock.started.iter().position(|&t| t == ticket.start) {
+            if let Some(i) = clock.started.iter().position(|&t| t == at) {
                 clock.started.swap_remove(i);
                 self.publish_deadline(&clock);
             }
         }
+        gate_op()
     }
 
     fn publish_deadline(&self, clock: &ProbeClock) {
@@ -407,13 +400,14 @@ impl Breaker {
     /// is read only when slow calls are detected; the duration of a call
     /// runs from `call`, not from readiness.
     #[inline]
-    pub(crate) fn ticket(&self, word: u64) -> Ticket {
+    pub(crate) fn ticket(&self, word: u64, probe_at: u64) -> Ticket {
         if !admits_all(word) {
             // A probe: its start is its admission time (for the slow-call
-            // check too), tracked for `max_half_open_wait`.
+            // check too), noted for `max_half_open_wait` when its slot was
+            // taken.
             return Ticket {
                 word,
-                start: self.probe_started(word),
+                start: probe_at,
             };
         }
         // A listener also gets each call's latency (`CallRecorded`).
@@ -436,10 +430,10 @@ impl Breaker {
         CircuitOpen::new(retry_after)
     }
 
-    /// A probe admitted and never started: its slot is given back.
-    pub(crate) fn abandon(&self, word: u64) {
+    /// A probe admitted at `at` and never started: its slot is given back.
+    pub(crate) fn abandon(&self, word: u64, at: u64) {
         if state_of(word) == State::HalfOpen {
-            self.gate.release(epoch_of(word));
+            self.probe_done(word, at, || self.gate.release(epoch_of(word)));
         }
     }
 
@@ -447,8 +441,9 @@ impl Breaker {
     /// outcome ignored): its slot is given back.
     pub(crate) fn abandon_probe(&self, ticket: &Ticket) {
         if ticket.is_probe() {
-            self.probe_finished(ticket);
-            self.gate.release(epoch_of(ticket.word));
+            self.probe_done(ticket.word, ticket.start, || {
+                self.gate.release(epoch_of(ticket.word));
+            });
         }
     }
 
@@ -499,14 +494,16 @@ impl Breaker {
             self.abandon_probe(ticket);
             return;
         }
-        self.probe_finished(ticket);
         let slow = self.is_slow(ticket);
-        if let Some(verdict) = self.gate.complete(
-            epoch_of(ticket.word),
-            self.cfg.probes,
-            outcome.is_failure(),
-            slow,
-        ) {
+        let verdict = self.probe_done(ticket.word, ticket.start, || {
+            self.gate.complete(
+                epoch_of(ticket.word),
+                self.cfg.probes,
+                outcome.is_failure(),
+                slow,
+            )
+        });
+        if let Some(verdict) = verdict {
             self.decide(ticket.word, verdict);
         }
     }
@@ -681,12 +678,14 @@ impl Breaker {
             State::HalfOpen => {
                 self.half_open_since
                     .store(self.nanos(now), Ordering::Relaxed);
+                // The gate opens under the probe clock's lock, so its slots
+                // and their admission times change together.
                 let mut clock = lock(&self.probe_clock);
                 clock.epoch = epoch;
                 clock.started.clear();
                 self.publish_deadline(&clock);
-                drop(clock);
                 self.gate.open(epoch);
+                drop(clock);
             }
             State::ForcedOpen | State::Disabled => {}
         }
@@ -901,8 +900,8 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..30_000u32 {
                         let b = &shared.breaker;
-                        if let Ok(word) = b.admit() {
-                            let ticket = b.ticket(word);
+                        if let Ok((word, at)) = b.admit() {
+                            let ticket = b.ticket(word, at);
                             let outcome = if (i + t) % 3 == 0 {
                                 Outcome::Failure
                             } else {

@@ -549,10 +549,10 @@ where
             Err(full) => return ResponseFuture::refused(full),
         };
         match shared.breaker.admit() {
-            Ok(word) => {
+            Ok((word, probe_at)) => {
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
-                let ticket = shared.breaker.ticket(word);
+                let ticket = shared.breaker.ticket(word, probe_at);
                 // Counted, never leaked: the registry must be able to free
                 // an evicted key's breaker once its calls are done.
                 let permit = Permit::new(SharedState::from(shared), ticket);

@@ -33,6 +33,8 @@ struct Slot<C: 'static> {
     shared: SharedState<Shared<C>>,
     /// The state word of the admitted next call, or [`NONE`].
     admitted: u64,
+    /// A probe's admission time (it holds a probe slot from then on).
+    probe_at: u64,
     /// `poll_ready` refused the next call, with this hint.
     rejected: bool,
     retry_after: Option<Duration>,
@@ -46,6 +48,7 @@ impl<C> Slot<C> {
         Self {
             shared,
             admitted: NONE,
+            probe_at: NONE,
             rejected: false,
             retry_after: None,
         }
@@ -55,7 +58,7 @@ impl<C> Slot<C> {
     fn release(&mut self) {
         let word = mem::replace(&mut self.admitted, NONE);
         if word != NONE {
-            self.shared.breaker.abandon(word);
+            self.shared.breaker.abandon(word, self.probe_at);
         }
     }
 }
@@ -139,8 +142,9 @@ where
             slot.release();
         }
         match slot.shared.breaker.admit() {
-            Ok(word) => {
+            Ok((word, probe_at)) => {
                 slot.admitted = word;
+                slot.probe_at = probe_at;
                 slot.rejected = false;
                 self.inner.poll_ready(cx).map_err(Into::into)
             }
@@ -157,6 +161,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let slot = &mut self.slot;
         let mut word = mem::replace(&mut slot.admitted, NONE);
+        let mut probe_at = slot.probe_at;
         if word == NONE {
             if mem::take(&mut slot.rejected) {
                 return ResponseFuture::rejected(slot.retry_after);
@@ -164,11 +169,11 @@ where
             // `call` without `poll_ready` breaks the `Service` contract;
             // still decide rather than panic.
             match slot.shared.breaker.admit() {
-                Ok(admitted) => word = admitted,
+                Ok(admitted) => (word, probe_at) = admitted,
                 Err(open) => return ResponseFuture::rejected(open.retry_after_hint()),
             }
         }
-        let ticket = slot.shared.breaker.ticket(word);
+        let ticket = slot.shared.breaker.ticket(word, probe_at);
         let permit = Permit::new(slot.shared.clone(), ticket);
         ResponseFuture::called(self.inner.call(req), permit)
     }
