@@ -285,13 +285,17 @@ impl Backend {
         keys
     }
 
-    /// One round trip: the script decides for every limit.
+    /// One round trip: the script decides for every limit. A call made by
+    /// a waiting request gets at most until its `deadline`, so waiting plus
+    /// the call never exceeds the wait mode's bound; past it the policy
+    /// decides at once.
     pub(crate) async fn decide(
         &self,
         keys: Vec<Vec<u8>>,
         names: &[Arc<str>],
         cost: u64,
         fields: bool,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Answer, Failed> {
         let mut invocation = self.script.prepare_invoke();
         for key in &keys {
@@ -302,7 +306,13 @@ impl Backend {
             invocation.arg(*interval).arg(*burst);
         }
         let mut conn = self.conn.clone();
-        let reply = tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn))
+        let timeout = match deadline {
+            Some(d) => self
+                .timeout
+                .min(d.saturating_duration_since(tokio::time::Instant::now())),
+            None => self.timeout,
+        };
+        let reply = tokio::time::timeout(timeout, invocation.invoke_async::<Value>(&mut conn))
             .await
             .map_err(|_| self.failed)?
             .map_err(|_| self.failed)?;

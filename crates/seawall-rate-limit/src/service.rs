@@ -280,7 +280,13 @@ impl<S, D, C, H, Li> RateLimit<S, D, C, H, Li> {
                     // request is held across it, so requests need not be
                     // `Sync`.
                     let keys = redis.keys(&shared.limits, &req, shared.max_key_bytes);
-                    match redis.decide(keys, &shared.names, cost, H::ENABLED).await {
+                    // A call made while waiting may not outlast the wait's
+                    // bound.
+                    let bound = pending.and(deadline);
+                    match redis
+                        .decide(keys, &shared.names, cost, H::ENABLED, bound)
+                        .await
+                    {
                         Ok(answer) => answer,
                         Err(policy) => shared.backend_failed(policy, &req, cost, H::ENABLED),
                     }

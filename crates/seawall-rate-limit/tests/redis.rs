@@ -224,6 +224,42 @@ async fn the_server_refills_at_the_configured_rate() {
     again.unwrap();
 }
 
+#[tokio::test]
+async fn a_fleet_waiter_never_waits_past_its_bound_for_redis() {
+    // Redis accepts connections and never answers: every call times out.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = hole.accept().await {
+            held.push(conn);
+        }
+    });
+    let max = Duration::from_millis(120);
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::global("all", Quota::per_second(10).burst(1)))
+        .wait(max)
+        .redis(
+            RedisBackend::open(&format!("redis://{addr}"))
+                .unwrap()
+                .timeout(Duration::from_millis(50))
+                .on_error(OnBackendError::Local { replicas: 1 }),
+        )
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(ok_service());
+    send(&mut svc, req("a")).await.unwrap();
+    // 50 ms for the first call, a wait, then a call that must end by the
+    // bound (it took a whole timeout more, ~170 ms, before).
+    let started = Instant::now();
+    let admitted = send(&mut svc, req("a")).await;
+    let took = started.elapsed();
+    assert!(
+        admitted.is_err() || took <= max + Duration::from_millis(25),
+        "admitted after {took:?}, bound {max:?}"
+    );
+}
+
 /// A port nothing listens on.
 fn closed_port_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
