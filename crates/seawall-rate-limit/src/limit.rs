@@ -484,13 +484,14 @@ where
         let mut name = Vec::with_capacity(self.name.len() + 1 + 16);
         name.extend_from_slice(self.name.as_bytes());
         name.push(b':');
-        let start = name.len();
+        // The same test as the local registry's (heap bytes, not the
+        // written text, which an `Option` prefixes with '='), so a key has
+        // a bucket of its own on Redis exactly when it has one locally. An
+        // empty key is a key like any other.
         if key.heap_bytes() <= max_key_bytes {
             key.write_key(&mut name);
-        }
-        if name.len() - start > max_key_bytes || name.len() == start {
-            // Too long: the shared overflow key, as locally.
-            name.truncate(start);
+        } else {
+            // Too long: the shared long-key key, as locally.
             name.extend_from_slice(b"~overflow");
         }
         out.push(name);

@@ -170,6 +170,60 @@ async fn over_long_keys_share_the_overflow_key() {
 }
 
 #[tokio::test]
+async fn redis_and_local_agree_on_which_keys_get_a_bucket() {
+    let Some(mut conn) = connect().await else {
+        return;
+    };
+    let prefix = unique_prefix("agree");
+    let builder = || {
+        RateLimitLayer::builder()
+            .limit(Limit::per_key(
+                "key",
+                Quota::per_hour(1),
+                key::header("x-api-key"),
+            ))
+            .max_key_bytes(16)
+    };
+    // Exactly max_key_bytes (twice, distinct), empty, then over-long.
+    // (Locally the long-key bucket is per shard, so a second long key may
+    // or may not share the first one's: not compared.)
+    let sequence = [
+        "a".repeat(16),
+        "b".repeat(16),
+        String::new(),
+        "c".repeat(17),
+    ];
+    let mut outcomes = Vec::new();
+    for mut svc in [
+        builder().build().unwrap().layer(ok_service()),
+        builder()
+            .redis(backend(&prefix).on_error(OnBackendError::FailClosed))
+            .build()
+            .unwrap()
+            .layer(ok_service()),
+    ] {
+        let mut admitted = Vec::new();
+        for key in &sequence {
+            admitted.push(send(&mut svc, req(key)).await.is_ok());
+        }
+        outcomes.push(admitted);
+    }
+    let found = keys(&mut conn, &prefix).await;
+    cleanup(&mut conn, &prefix).await;
+    assert_eq!(outcomes[0], [true; 4], "local");
+    assert_eq!(outcomes[1], outcomes[0], "redis");
+    assert_eq!(
+        found,
+        [
+            format!("{prefix}key:="),
+            format!("{prefix}key:={}", "a".repeat(16)),
+            format!("{prefix}key:={}", "b".repeat(16)),
+            format!("{prefix}key:~overflow"),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn wait_mode_waits_for_the_server_to_admit() {
     let Some(mut conn) = connect().await else {
         return;
