@@ -14,8 +14,10 @@ use seawall_core::{GrpcCode, Rejected, Rejection};
 /// and, through `seawall::http::RejectionResponseLayer`, a `Retry-After` of
 /// the exact time until the request's cost is free again, rounded up to
 /// whole seconds. The hint is `None` only when the request costs more than a
-/// limit's whole burst and can never pass, or when a fleet-wide limit could
-/// not be consulted and the layer fails closed.
+/// limit's whole burst and can never pass ([`is_never`](Self::is_never) is
+/// `true`: retrying it is pointless), or when a fleet-wide limit could not be
+/// consulted and the layer fails closed (`is_never` is `false`: it may pass
+/// once Redis answers).
 ///
 /// ```
 /// use seawall_rate_limit::RateLimited;
@@ -36,6 +38,7 @@ pub struct RateLimited {
     rejected: Rejected,
     limit: Arc<str>,
     fields: Option<(HeaderValue, HeaderValue)>,
+    never: bool,
 }
 
 impl RateLimited {
@@ -46,7 +49,14 @@ impl RateLimited {
             rejected: Rejected::new(Self::KIND, StatusCode::TOO_MANY_REQUESTS, retry_after),
             limit,
             fields: None,
+            never: false,
         }
+    }
+
+    /// Marks a refusal that can never pass: the cost exceeds a burst.
+    pub(crate) fn never(mut self) -> Self {
+        self.never = true;
+        self
     }
 
     pub(crate) fn with_fields(mut self, policy: HeaderValue, state: HeaderValue) -> Self {
@@ -63,6 +73,15 @@ impl RateLimited {
     /// The exact time until the request would be admitted.
     pub fn retry_after(&self) -> Option<Duration> {
         self.rejected.retry_after()
+    }
+
+    /// `true` when the request costs more than a limit's whole burst: no
+    /// wait will ever admit it, so retrying it (or the same request later)
+    /// is pointless. `false` for every transient refusal, including a
+    /// fleet-wide limit failing closed (no `retry_after` either, but it may
+    /// pass once Redis answers).
+    pub fn is_never(&self) -> bool {
+        self.never
     }
 
     /// The `RateLimit-Policy` and `RateLimit` field values at the refusal,

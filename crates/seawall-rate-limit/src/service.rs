@@ -151,11 +151,14 @@ where
         answer
     }
 
+    /// The refusal. `backend_failed`: refused by the fail-closed policy, not
+    /// by a limit (so no `retry_after` does not mean "never").
     pub(crate) fn limited(
         &self,
         wait: Option<u64>,
         limit: usize,
         state: Option<HeaderValue>,
+        backend_failed: bool,
     ) -> RateLimited {
         let name = self
             .names
@@ -170,7 +173,10 @@ where
                 retry_after,
             });
         }
-        let err = RateLimited::new(retry_after, name);
+        let mut err = RateLimited::new(retry_after, name);
+        if wait.is_none() && !backend_failed {
+            err = err.never();
+        }
         match (&self.policy, state) {
             (Some(policy), Some(state)) => err.with_fields(policy.clone(), state),
             _ => err,
@@ -234,7 +240,7 @@ where
                 self.slow(req, cost, Some(wait))
             }
             Decision::Refuse { wait, limit } => {
-                ResponseFuture::rejected(self.shared.limited(wait, limit, answer.state))
+                ResponseFuture::rejected(self.shared.limited(wait, limit, answer.state, false))
             }
         }
     }
@@ -306,7 +312,12 @@ impl<S, D, C, H, Li> RateLimit<S, D, C, H, Li> {
                         pending = Some(wait);
                     }
                     Decision::Refuse { wait, limit } => {
-                        return Err(Box::new(shared.limited(wait, limit, answer.state)) as BoxError);
+                        return Err(Box::new(shared.limited(
+                            wait,
+                            limit,
+                            answer.state,
+                            answer.backend_failed,
+                        )) as BoxError);
                     }
                 }
             };

@@ -143,6 +143,10 @@ async fn cost_is_a_function_of_the_request_and_above_burst_never_passes() {
     send(&mut svc, costly(0)).await.unwrap();
     let err = send(&mut svc, costly(11)).await.unwrap_err();
     assert_eq!(limited(&err).retry_after(), None);
+    // Told apart from a transient refusal: it can never pass.
+    assert!(limited(&err).is_never());
+    let err = send(&mut svc, costly(10)).await.unwrap_err();
+    assert!(!limited(&err).is_never());
 }
 
 #[tokio::test(start_paused = true)]

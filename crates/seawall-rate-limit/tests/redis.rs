@@ -257,11 +257,23 @@ async fn the_server_refills_at_the_configured_rate() {
     // then run at twice the fleet's rate).
     let layer = RateLimitLayer::builder()
         .limit(Limit::global("all", Quota::per_second(999_999)))
-        .cost(|_: &Req| 999_999)
+        .cost(|r: &Req| {
+            if r.headers().contains_key("x-big") {
+                1_000_000
+            } else {
+                999_999
+            }
+        })
         .redis(backend(&prefix).on_error(OnBackendError::FailClosed))
         .build()
         .unwrap();
     let mut svc = layer.layer(ok_service());
+    // A cost above the burst is refused by the server as never passing.
+    let mut big = req("a");
+    big.headers_mut()
+        .insert("x-big", http::HeaderValue::from_static("1"));
+    let err = send(&mut svc, big).await.unwrap_err();
+    assert!(err.downcast_ref::<RateLimited>().unwrap().is_never());
     send(&mut svc, req("a")).await.unwrap();
     let err = send(&mut svc, req("a")).await.unwrap_err();
     let wait = err.downcast_ref::<RateLimited>().unwrap().retry_after();
@@ -354,6 +366,8 @@ async fn redis_down_follows_the_policy_within_the_timeout() {
         err.downcast_ref::<RateLimited>().unwrap().retry_after(),
         None
     );
+    // No hint, but not "never": it may pass once Redis answers.
+    assert!(!err.downcast_ref::<RateLimited>().unwrap().is_never());
 
     // Local fallback: 30/hour shared by 3 replicas is 10/hour (burst 10)
     // here.
