@@ -444,7 +444,7 @@ mod tests {
         // gets the cell swept at 1,500 with a full bucket, not the
         // overflow bucket's debt.
         let bit99 = filter_bit(reg.hasher.hash_one(99u64));
-        let fresh = (100u64..)
+        let fresh = (100u64..10_000)
             .find(|k| filter_bit(reg.hasher.hash_one(k)) != bit99)
             .unwrap();
         let (g, slot) = reg.lock(&fresh, 1_500);
