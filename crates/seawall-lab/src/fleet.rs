@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use seawall_core::BoxError;
 
-use crate::dist;
+use crate::dist::{self, Arrival};
 use crate::real::compress;
 use crate::recorder::Recorder;
 use crate::run::{drive_with, ScenarioResult, StackResult};
@@ -74,31 +74,24 @@ pub fn run_fleet(
         .ok_or("the scenario has no [client.fleet]")?;
     fleet.redis = Some((redis_url.to_owned(), prefix));
     let arrivals = dist::arrivals(&s, seed);
+    // The stacks run side by side, each on its own runtime (their
+    // dependencies are separate simulations): half the wall time.
+    let runs: Vec<_> = s
+        .stacks()
+        .into_iter()
+        .map(|kind| {
+            let (s, arrivals) = (s.clone(), arrivals.clone());
+            std::thread::spawn(move || run_one(&s, seed, kind, &arrivals))
+        })
+        .collect();
     let mut stacks = Vec::new();
-    for kind in s.stacks() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let figures = runtime.block_on(async {
-            let recorder = Recorder::new(arrivals.len(), s.upstream.len());
-            let upstreams = UpstreamSet::build(
-                &s.upstream,
-                seed,
-                &recorder,
-                &ChaosInjector,
-                kind.is_seawall().then_some(arrivals.len()),
-            )?;
-            let routes = (0..s.upstream.len()).map(|r| upstreams.route(r)).collect();
-            drive_with(&s, seed, kind, &arrivals, &recorder, routes).await
-        })?;
-        // Stops the syncs and drops what is still pending.
-        runtime.shutdown_timeout(Duration::from_millis(100));
-        stacks.push(StackResult {
-            stack: kind,
-            figures,
-        });
-        progress(kind);
+    for run in runs {
+        let result = run
+            .join()
+            .map_err(|_| "a fleet-outage run panicked")?
+            .map_err(|e| -> BoxError { e.to_string().into() })?;
+        progress(result.stack);
+        stacks.push(result);
     }
     Ok(ScenarioResult {
         scenario: format!("{} (wall time, Redis)", s.name),
@@ -111,6 +104,37 @@ pub fn run_fleet(
         duration_s: s.duration.0.as_secs_f64(),
         breaker_open_s: s.client.breaker_open.0.as_secs_f64(),
         stacks,
+    })
+}
+
+/// One stack's run in wall time, on its own runtime.
+fn run_one(
+    s: &Scenario,
+    seed: u64,
+    kind: StackKind,
+    arrivals: &[Arrival],
+) -> Result<StackResult, BoxError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let figures = runtime.block_on(async {
+        let recorder = Recorder::new(arrivals.len(), s.upstream.len());
+        let upstreams = UpstreamSet::build(
+            &s.upstream,
+            seed,
+            &recorder,
+            &ChaosInjector,
+            kind.is_seawall().then_some(arrivals.len()),
+        )?;
+        let routes = (0..s.upstream.len()).map(|r| upstreams.route(r)).collect();
+        drive_with(s, seed, kind, arrivals, &recorder, routes).await
+    })?;
+    // Stops the syncs and drops what is still pending.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(StackResult {
+        stack: kind,
+        figures,
     })
 }
 

@@ -526,9 +526,9 @@ impl Scenario {
     }
 
     /// The stacks this scenario runs through, in table order: every
-    /// [`StackKind::ALL`], plus "seawall preset" with `preset` and "seawall
-    /// + hedge" with `[client.hedge]`; with `[client.fleet]`, only "seawall"
-    /// and "seawall + fleet".
+    /// [`StackKind::ALL`], plus "seawall preset" with `preset` and
+    /// "seawall + hedge" with `[client.hedge]`; with `[client.fleet]`, only
+    /// "seawall" and "seawall + fleet".
     pub fn stacks(&self) -> Vec<StackKind> {
         if self.client.fleet.is_some() {
             return vec![StackKind::Seawall, StackKind::SeawallFleet];

@@ -272,7 +272,7 @@ fn only_scenarios_with_a_hedge_run_the_hedged_stack() {
         scenario("slow-tail").stacks().last(),
         Some(&StackKind::SeawallHedge)
     );
-    assert_eq!(scenario("outage").stacks(), StackKind::ALL.to_vec());
+    assert_eq!(scenario("brownout").stacks(), StackKind::ALL.to_vec());
 }
 
 #[test]
