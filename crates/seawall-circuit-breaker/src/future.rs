@@ -13,6 +13,7 @@ use seawall_core::{rejection, BoxError, Classify, Outcome, SharedState};
 use crate::breaker::Ticket;
 use crate::error::{CircuitOpen, KeyedRegistryFull};
 use crate::handle::Shared;
+use crate::keyed::InFlight;
 
 /// The right to make one call, from admission until its outcome is
 /// recorded. Dropped unrecorded (a cancelled call), it gives a probe slot
@@ -21,6 +22,10 @@ pub(crate) struct Permit<C: 'static> {
     shared: SharedState<Shared<C>>,
     ticket: Ticket,
     recorded: bool,
+    /// Keyed mode: the call counted in flight on its key, so the registry
+    /// keeps the key's breaker until the outcome is recorded (dropped after
+    /// `Drop::drop`, hence after any recording).
+    in_flight: Option<InFlight>,
 }
 
 impl<C> Permit<C> {
@@ -29,7 +34,14 @@ impl<C> Permit<C> {
             shared,
             ticket,
             recorded: false,
+            in_flight: None,
         }
+    }
+
+    /// Holds a keyed call's in-flight guard until the permit is dropped.
+    pub(crate) fn in_flight(mut self, call: InFlight) -> Self {
+        self.in_flight = Some(call);
+        self
     }
 
     #[inline]

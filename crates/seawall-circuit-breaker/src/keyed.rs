@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::mem;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,11 +31,75 @@ const FULL_BACKOFF: Duration = Duration::from_secs(1);
 
 struct Entry<C> {
     shared: Arc<Shared<C>>,
+    /// The key's calls in flight and when the last one ended.
+    activity: Arc<Activity>,
     last_used: Instant,
     /// Used since the eviction hand last passed (CLOCK's reference bit).
     referenced: bool,
     /// Which of the key's places in `order` is current.
     stamp: u64,
+}
+
+/// The calls of one key: how many are in flight, and when the last one
+/// ended. A breaker with calls in flight is never dropped (their outcome,
+/// a trip included, must land on the breaker the key keeps), and a key is
+/// idle only `key_idle_timeout` after its last call *ended*.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Nanoseconds since `base` when the last call ended.
+    last_done: AtomicU64,
+    base: Instant,
+}
+
+impl Activity {
+    fn new(base: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            last_done: AtomicU64::new(0),
+            base,
+        })
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    fn last_done(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_done.load(Ordering::Relaxed))
+    }
+}
+
+/// One call of a key in flight, taken under its shard's lock when the
+/// call's breaker is handed out; dropped when the call's outcome is
+/// recorded (or the call is refused or cancelled), noting when it ended.
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &*self.0;
+        let ended = Instant::now().saturating_duration_since(a.base);
+        a.last_done.fetch_max(
+            u64::try_from(ended.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        // `Release`: whoever sees the count fall sees the end time.
+        a.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight")
+            .field("in_flight", &self.0.in_flight.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 /// One shard: its breakers, and the order an eviction hand visits them in
@@ -70,6 +134,8 @@ pub(crate) struct Registry<K, C> {
     emit: Option<Emitter>,
     capacity: usize,
     idle: Duration,
+    /// The origin of the keys' `last_done` times.
+    base: Instant,
 }
 
 impl<K, C> Registry<K, C>
@@ -106,6 +172,7 @@ where
             emit,
             capacity,
             idle,
+            base: now,
         }
     }
 
@@ -113,8 +180,12 @@ where
         (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
     }
 
+    /// No call for `key_idle_timeout`: none admitted since, none in flight,
+    /// none ended since.
     fn is_idle(&self, entry: &Entry<C>, now: Instant) -> bool {
         now.saturating_duration_since(entry.last_used) >= self.idle
+            && !entry.activity.busy()
+            && now.saturating_duration_since(entry.activity.last_done()) >= self.idle
     }
 
     /// Whether the registry may forget this breaker: only a closed one (a
@@ -122,6 +193,10 @@ where
     /// long ago that its open period ended `key_idle_timeout` before now
     /// and no call came since (its key is gone).
     fn may_drop(&self, entry: &Entry<C>, now: Instant) -> bool {
+        if entry.activity.busy() {
+            // Its calls' outcomes (a trip) must land on the key's breaker.
+            return false;
+        }
         let breaker = &entry.shared.breaker;
         match breaker.state() {
             State::Closed => true,
@@ -183,7 +258,7 @@ where
             if entry.stamp != stamp {
                 continue;
             }
-            let idle = now.saturating_duration_since(entry.last_used) >= self.idle;
+            let idle = self.is_idle(entry, now);
             let keep = if !self.may_drop(entry, now) {
                 true
             } else if entry.referenced && !idle {
@@ -218,8 +293,10 @@ where
         })
     }
 
-    fn insert(&self, shard: &mut Shard<K, C>, key: K, now: Instant) -> Arc<Shared<C>> {
+    fn insert(&self, shard: &mut Shard<K, C>, key: K, now: Instant) -> (Arc<Shared<C>>, InFlight) {
         let shared = self.make(&key);
+        let activity = Activity::new(self.base);
+        let call = InFlight::new(&activity);
         // A new (closed) breaker is one the hand may drop.
         shard.full_until = None;
         let stamp = shard.next_stamp;
@@ -229,17 +306,19 @@ where
             key,
             Entry {
                 shared: shared.clone(),
+                activity,
                 last_used: now,
                 referenced: false,
                 stamp,
             },
         );
-        shared
+        (shared, call)
     }
 
-    /// The breaker for `key`, made on first use; see [`Registry`] for what
-    /// happens when the registry is full.
-    pub(crate) fn get(&self, key: K) -> Result<Arc<Shared<C>>, KeyedRegistryFull> {
+    /// The breaker for `key`, made on first use, with one call counted in
+    /// flight on it until the returned guard is dropped; see [`Registry`]
+    /// for what happens when the registry is full.
+    pub(crate) fn get(&self, key: K) -> Result<(Arc<Shared<C>>, InFlight), KeyedRegistryFull> {
         let now = Instant::now();
         let index = self.shard_index(&key);
         loop {
@@ -252,7 +331,10 @@ where
                 }
                 entry.last_used = now;
                 entry.referenced = true;
-                return Ok(entry.shared.clone());
+                // Counted under the lock: no sweep or eviction can drop the
+                // breaker between here and the call's end.
+                let call = InFlight::new(&entry.activity);
+                return Ok((entry.shared.clone(), call));
             }
             if now.saturating_duration_since(shard.last_sweep) >= self.idle {
                 self.sweep(&mut shard, now);
@@ -544,8 +626,8 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let shared = match self.registry.get((self.key_fn)(&req)) {
-            Ok(shared) => shared,
+        let (shared, in_flight) = match self.registry.get((self.key_fn)(&req)) {
+            Ok(got) => got,
             Err(full) => return ResponseFuture::refused(full),
         };
         match shared.breaker.admit() {
@@ -555,7 +637,7 @@ where
                 let ticket = shared.breaker.ticket(word, probe_at);
                 // Counted, never leaked: the registry must be able to free
                 // an evicted key's breaker once its calls are done.
-                let permit = Permit::new(SharedState::from(shared), ticket);
+                let permit = Permit::new(SharedState::from(shared), ticket).in_flight(in_flight);
                 ResponseFuture::called(Oneshot::new(inner, req), permit)
             }
             Err(open) => ResponseFuture::rejected(open.retry_after_hint()),
