@@ -59,6 +59,10 @@ use crate::layer::LAYER;
 #[derive(Clone)]
 pub struct RedisLastKnownGood {
     pub(crate) conn: ConnectionManager,
+    /// Set by [`open`](Self::open): the client and runtime to build the
+    /// connection again when [`timeout`](Self::timeout) changes, so the
+    /// connection's own timeouts are the configured one.
+    opened: Option<(redis::Client, tokio::runtime::Handle)>,
     /// `None`: the default, [`Self::DEFAULT_PREFIX`] and the layer's name.
     pub(crate) prefix: Option<Arc<str>>,
     pub(crate) timeout: Duration,
@@ -90,21 +94,28 @@ impl RedisLastKnownGood {
         }
         let client = redis::Client::open(url)
             .map_err(|_| ConfigError::new(LAYER, "redis", "is not a valid Redis URL"))?;
-        let defaults = Self::default_timeout();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(defaults))
-            .set_response_timeout(Some(defaults))
-            .set_number_of_retries(0);
-        let conn = client
-            .get_connection_manager_lazy(config)
+        let conn = Self::connect(&client, Self::default_timeout())
             .map_err(|_| ConfigError::new(LAYER, "redis", "could not set up a connection"))?;
-        Ok(Self::with_connection(conn))
+        let mut store = Self::with_connection(conn);
+        store.opened = Some((client, tokio::runtime::Handle::current()));
+        Ok(store)
+    }
+
+    /// A lazy connection whose connect and response timeouts are `timeout`
+    /// (each call is also bounded by it from outside).
+    fn connect(client: &redis::Client, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(0);
+        client.get_connection_manager_lazy(config)
     }
 
     /// A store using `conn` for every command.
     pub fn with_connection(conn: ConnectionManager) -> Self {
         Self {
             conn,
+            opened: None,
             prefix: None,
             timeout: Self::default_timeout(),
             max_value_size: 256 * 1024 + 16 * 1024,
@@ -128,10 +139,24 @@ impl RedisLastKnownGood {
     }
 
     /// How long each Redis call may take before the tier is skipped
-    /// (default 100 ms, at most [`MAX_TIMEOUT`](Self::MAX_TIMEOUT)).
+    /// (default 100 ms, at most [`MAX_TIMEOUT`](Self::MAX_TIMEOUT)). For a
+    /// store made by [`open`](Self::open), the connection's own connect and
+    /// response timeouts are set to it too; a connection given to
+    /// [`with_connection`](Self::with_connection) keeps its own, so give it
+    /// timeouts of at least this one.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        if let Some((client, runtime)) = &self.opened {
+            // Not yet connected (lazy): nothing is lost by replacing it. An
+            // out-of-range timeout is refused when the layer is built.
+            if !timeout.is_zero() && timeout <= Self::MAX_TIMEOUT {
+                let _enter = runtime.enter();
+                if let Ok(conn) = Self::connect(client, timeout) {
+                    self.conn = conn;
+                }
+            }
+        }
         self
     }
 

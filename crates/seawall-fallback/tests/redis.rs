@@ -411,3 +411,83 @@ async fn the_default_prefix_keeps_layers_with_different_names_apart() -> Result<
     cleanup(&mut conn, &prefix).await;
     Ok(())
 }
+
+/// A proxy to the test Redis that holds every reply chunk for `delay`.
+async fn slow_proxy(delay: Duration) -> Result<u16, BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(out) = tokio::net::TcpStream::connect(upstream.as_str()).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = inbound.into_split();
+                let (mut from_redis, mut to_redis) = out.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_redis).await;
+                });
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match from_redis.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    tokio::time::sleep(delay).await;
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// The configured timeout is the one that applies: a Redis answering in
+/// 150 ms, with `timeout(1 s)`, is used. (The connection made by `open`
+/// kept its own 100 ms timeouts before, so every read gave up at 100 ms.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_slower_than_the_default_timeout_but_within_the_configured_one_is_used(
+) -> Result<(), BoxError> {
+    let Some(mut conn) = redis().await else {
+        return Ok(());
+    };
+    let prefix = unique_prefix("slow");
+    let down = Arc::new(AtomicBool::new(false));
+    let writer = replica(
+        RedisLastKnownGood::open(&redis_url())?
+            .prefix(prefix.clone())
+            .timeout(Duration::from_secs(1)),
+        down.clone(),
+    )?;
+    // Recorded once its body was read whole.
+    body(writer.oneshot(Request::get("/sku/1").body(())?).await?).await?;
+    wait_for_keys(&mut conn, &prefix, 1).await;
+
+    down.store(true, Ordering::SeqCst);
+    let port = slow_proxy(Duration::from_millis(150)).await?;
+    let reader = replica(
+        RedisLastKnownGood::open(&format!("redis://127.0.0.1:{port}"))?
+            .prefix(prefix.clone())
+            .timeout(Duration::from_secs(1))
+            .without_local_cache(),
+        down,
+    )?;
+    let res = reader.oneshot(Request::get("/sku/1").body(())?).await?;
+    let tier = tier_of(&res);
+    let got = body(res).await?;
+    cleanup(&mut conn, &prefix).await;
+    assert_eq!(
+        (tier, &got[..]),
+        (Some(Tier::LastKnownGood), &b"stock of /sku/1"[..]),
+        "served from Redis within the configured 1 s"
+    );
+    Ok(())
+}
