@@ -100,9 +100,13 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
 
     /// Limits the request rate per key with GCRA; see
     /// [`RateLimitLayer`](crate::rate_limit::RateLimitLayer).
+    ///
+    /// Named `rate_limiter` because `ServiceBuilder` has an inherent
+    /// `rate_limit(num, per)` (tower's global limit, with the `limit`
+    /// feature), which a method of this name would be shadowed by.
     #[cfg(feature = "rate-limit")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
-    fn rate_limit<D, C, H, Li>(
+    fn rate_limiter<D, C, H, Li>(
         self,
         layer: crate::rate_limit::RateLimitLayer<D, C, H, Li>,
     ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<D, C, H, Li>, L>>;
@@ -225,7 +229,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "rate-limit")]
-    fn rate_limit<D, C, H, Li>(
+    fn rate_limiter<D, C, H, Li>(
         self,
         layer: crate::rate_limit::RateLimitLayer<D, C, H, Li>,
     ) -> ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer<D, C, H, Li>, L>> {
@@ -303,7 +307,7 @@ mod rate_limit_tests {
             .build()
             .unwrap();
         let mut svc = ServiceBuilder::new()
-            .rate_limit(layer)
+            .rate_limiter(layer)
             .service(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
         assert_eq!(svc.ready().await.unwrap().call(7).await.unwrap(), 7);
         let err = svc.ready().await.unwrap().call(8).await.unwrap_err();
