@@ -67,6 +67,12 @@
 //! judgement; the others do not. (A fleet with fewer live replicas than
 //! that never trips through Redis: each breaker judges alone.)
 //!
+//! # Garbage in Redis
+//!
+//! A reply that is not what the script returns, or an open period longer
+//! than twice the longest this breaker can set (its open duration's `max`)
+//! plus one second, is a failed sync: local judgement.
+//!
 //! # Redis slow or down
 //!
 //! Each round trip is bounded by [`timeout`](FleetSync::timeout). A sync
@@ -530,6 +536,10 @@ impl FleetSync {
                 -1.0
             },
             open_ms: millis(cfg.open.base()),
+            max_open_ms: i64::try_from(millis(cfg.open.max()))
+                .unwrap_or(i64::MAX / 4)
+                .saturating_mul(2)
+                .saturating_add(1000),
         })
     }
 }
@@ -557,6 +567,11 @@ struct Settings {
     failure_rate: f64,
     slow_call_rate: f64,
     open_ms: u64,
+    /// The longest open period (ms) the fleet's state may report before it
+    /// is taken for garbage: twice the longest this breaker can set (its
+    /// open duration's `max`: a trip sets the base, a failed probe's
+    /// verdict at most the max), plus one second.
+    max_open_ms: i64,
 }
 
 /// The fleet as this replica last saw it, from [`FleetHandle::fleet`].
@@ -879,6 +894,9 @@ impl Task {
         let mut conn = self.conn.clone();
         let reply = tokio::time::timeout(s.timeout, call.invoke_async::<Value>(&mut conn)).await;
         match reply.ok().and_then(Result::ok).as_ref().and_then(parse) {
+            // An open period longer than any this fleet can set is garbage
+            // in Redis, not a decision: judged alone, like a bad reply.
+            Some(reply) if reply.open && reply.remaining_ms > s.max_open_ms => self.lost(),
             Some(reply) => self.apply(&reply),
             None => self.lost(),
         }

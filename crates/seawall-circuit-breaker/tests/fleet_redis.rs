@@ -830,3 +830,248 @@ fn spawn_outside_a_runtime_is_a_config_error() {
         .expect_err("no runtime");
     assert_eq!(err.field(), "spawn");
 }
+
+/// Defects found by a review of the fleet sync; each test failed before
+/// its fix.
+mod review {
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use seawall_circuit_breaker::{
+        CircuitBreakerEvent, CircuitBreakerLayer, CircuitOpen, EventKind, FleetHandle, FleetSync,
+        Handle, State,
+    };
+    use seawall_core::event::FnListener;
+    use seawall_core::BoxError;
+    use tokio::time::{sleep, Instant};
+    use tower::util::BoxCloneService;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use super::{redis_up, redis_url, unique_prefix, INTERVAL};
+
+    #[derive(Debug)]
+    struct DependencyDown;
+    impl std::fmt::Display for DependencyDown {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("dependency down")
+        }
+    }
+    impl std::error::Error for DependencyDown {}
+
+    const OK: u8 = 0;
+    const FAIL: u8 = 1;
+    const HANG: u8 = 2;
+
+    #[derive(Clone, Default)]
+    struct Dep {
+        mode: Arc<AtomicU8>,
+        calls: Arc<AtomicU64>,
+    }
+    impl Dep {
+        fn set(&self, m: u8) {
+            self.mode.store(m, Ordering::SeqCst);
+        }
+    }
+
+    struct Replica {
+        svc: BoxCloneService<(), &'static str, BoxError>,
+        handle: Handle,
+        dep: Dep,
+        events: Arc<Mutex<Vec<EventKind>>>,
+        fleet: Option<FleetHandle>,
+    }
+
+    #[derive(Clone, Copy)]
+    struct S {
+        window: usize,
+        minimum_calls: u64,
+        open: Duration,
+        probes: u32,
+        max_wait: Duration,
+        metrics_only: bool,
+    }
+    const DEFAULT_S: S = S {
+        window: 60,
+        minimum_calls: 20,
+        open: Duration::from_secs(5),
+        probes: 1,
+        max_wait: Duration::from_secs(5),
+        metrics_only: false,
+    };
+
+    fn replica(s: S) -> Replica {
+        let dep = Dep::default();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let log = events.clone();
+        let layer = CircuitBreakerLayer::builder()
+            .name("attack16")
+            .count_window(s.window)
+            .minimum_calls(s.minimum_calls)
+            .failure_rate_threshold(0.5)
+            .open_duration(s.open)
+            .half_open_probes(s.probes)
+            .max_half_open_wait(s.max_wait)
+            .metrics_only(s.metrics_only)
+            .listener(FnListener::new(move |e: &CircuitBreakerEvent| {
+                if !matches!(e.kind(), EventKind::CallRecorded { .. }) {
+                    log.lock().unwrap().push(*e.kind());
+                }
+            }))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let d = dep.clone();
+        let inner = service_fn(move |()| {
+            let d = d.clone();
+            async move {
+                d.calls.fetch_add(1, Ordering::SeqCst);
+                match d.mode.load(Ordering::SeqCst) {
+                    OK => Ok("ok"),
+                    FAIL => Err::<&'static str, BoxError>(Box::new(DependencyDown)),
+                    _ => std::future::pending().await,
+                }
+            }
+        });
+        Replica {
+            svc: BoxCloneService::new(layer.layer(inner)),
+            handle,
+            dep,
+            events,
+            fleet: None,
+        }
+    }
+
+    fn join(
+        r: &mut Replica,
+        url: &str,
+        prefix: &str,
+        id: Option<&str>,
+        f: impl FnOnce(FleetSync) -> FleetSync,
+    ) {
+        let mut b = FleetSync::builder(url, "orders")
+            .prefix(prefix)
+            .interval(INTERVAL)
+            .timeout(INTERVAL)
+            .min_replicas(2);
+        if let Some(id) = id {
+            b = b.replica_id(id);
+        }
+        r.fleet = Some(f(b).spawn(r.handle.clone()).unwrap());
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Seen {
+        Ok,
+        Failed,
+        Refused,
+    }
+
+    async fn call(r: &Replica) -> Seen {
+        let started = Instant::now();
+        let out = r.svc.clone().oneshot(()).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a call took {:?}",
+            started.elapsed()
+        );
+        match out {
+            Ok(_) => Seen::Ok,
+            Err(e) if e.is::<CircuitOpen>() => Seen::Refused,
+            Err(e) if e.is::<DependencyDown>() => Seen::Failed,
+            Err(e) => panic!("a call failed for another reason: {e}"),
+        }
+    }
+
+    fn opened_by_fleet(r: &Replica) -> bool {
+        r.events.lock().unwrap().iter().any(|e| {
+            matches!(
+                e,
+                EventKind::FleetStateApplied {
+                    to: State::Open,
+                    ..
+                }
+            )
+        })
+    }
+
+    async fn wait_synced(r: &Replica, n: u64) {
+        let f = r.fleet.as_ref().unwrap();
+        let end = Instant::now() + Duration::from_secs(3);
+        while f.fleet().syncs < n {
+            assert!(Instant::now() < end, "never synced: {:?}", f.fleet());
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn redis_conn() -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis_url().as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// a garbage `until` in the fleet's state hash (an open period of
+    /// ~285 years) holds a healthy replica open for that long: the fleet's open
+    /// period is never bounded by what a trip can set (the breaker's open
+    /// duration), so local judgement never resumes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_garbage_open_period_in_redis_is_bounded() {
+        if !redis_up().await {
+            return;
+        }
+        let prefix = unique_prefix("until");
+        let mut conn = redis_conn().await;
+        let base = format!("{prefix}{{orders}}:");
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{base}state"))
+            .arg("epoch")
+            .arg(7)
+            .arg("state")
+            .arg("open")
+            .arg("until")
+            .arg("9000000000000000")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("PEXPIRE")
+            .arg(format!("{base}state"))
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let s = S {
+            open: Duration::from_millis(300),
+            ..DEFAULT_S
+        };
+        let mut r = replica(s);
+        join(&mut r, &redis_url(), &prefix, Some("r"), |b| {
+            b.min_replicas(1)
+        });
+        // Garbage is a bad reply (a failed sync, local judgement); before, it
+        // was a successful sync that held the replica open.
+        let f = r.fleet.as_ref().unwrap();
+        let end = Instant::now() + Duration::from_secs(3);
+        while f.fleet().syncs + f.fleet().failed_syncs == 0 {
+            assert!(Instant::now() < end, "never tried to sync");
+            sleep(Duration::from_millis(5)).await;
+        }
+        // Far longer than anything this fleet's settings can produce (open 300 ms).
+        sleep(Duration::from_millis(1200)).await;
+        let seen = call(&r).await;
+        let v = r.fleet.as_ref().unwrap().fleet();
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{base}state"))
+            .arg(format!("{base}replicas"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_ne!(
+            seen,
+            Seen::Refused,
+            "healthy replica refused: held open by a garbage fleet state; open_remaining {:?}",
+            v.open_remaining
+        );
+    }
+}
