@@ -736,6 +736,22 @@ impl Breaker {
         (word, self.window().counts(self.nanos(Instant::now())))
     }
 
+    /// For the fleet sync, off the request path: the check every half-open
+    /// admission makes, without admitting anything. A probe not finished
+    /// `max_half_open_wait` after its admission is lost and the breaker
+    /// opens again as of that moment (an idle breaker gets no admission to
+    /// notice it).
+    #[cfg(feature = "redis")]
+    pub(crate) fn fleet_reopen_lost_probe(&self) {
+        let word = self.state.load(Ordering::Acquire);
+        if state_of(word) != State::HalfOpen {
+            return;
+        }
+        if let Some(lost_at) = self.lost_probe(self.nanos(Instant::now())) {
+            self.reopen_lost(word, lost_at);
+        }
+    }
+
     /// The fleet's word: opens the breaker until `until`, or moves the end
     /// of its open period there if it is open already. Forced-open,
     /// disabled and metrics-only breakers are an operator's choice and are

@@ -54,6 +54,14 @@
 //! the next one succeeds (see below) and may send its own
 //! `half_open_probes` meanwhile: add that many per such fallback.
 //!
+//! The holder renews its lease only while a probe it admitted can still
+//! report: each sync checks the breaker's `max_half_open_wait` off the
+//! request path, so a probe that hangs on a holder that gets no more
+//! traffic is declared lost within one interval of that wait, the holder's
+//! breaker opens again, and its "open" verdict starts a new open period of
+//! the fleet (before, the holder renewed the lease while half-open, and the
+//! fleet stayed open for as long as the probe hung).
+//!
 //! # One bad replica cannot open the fleet
 //!
 //! A replica whose own network is broken sees every call fail while the
@@ -845,6 +853,13 @@ impl Task {
     }
 
     async fn step(&mut self) {
+        if self.probing.is_some() {
+            // A probe lost past `max_half_open_wait` is noticed here too, not
+            // only on the next admission (an idle lease holder gets none):
+            // the breaker opens again and the verdict below says so, rather
+            // than renewing the lease while half-open forever.
+            self.local().fleet_reopen_lost_probe();
+        }
         let (word, counts) = self.local().fleet_snapshot();
         let local = state_of(word);
         self.note_verdict(word);

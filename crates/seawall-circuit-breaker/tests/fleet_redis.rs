@@ -1004,6 +1004,95 @@ mod review {
         }
     }
 
+    /// Trips a two-replica fleet (both see failures); returns once both are
+    /// held open.
+    async fn trip_two(
+        prefix: &str,
+        s: S,
+        f: impl Fn(FleetSync) -> FleetSync + Copy,
+    ) -> (Replica, Replica) {
+        let mut a = replica(s);
+        let mut b = replica(s);
+        join(&mut a, &redis_url(), prefix, Some("a"), f);
+        join(&mut b, &redis_url(), prefix, Some("b"), f);
+        for _ in 0..5 {
+            call(&a).await;
+            call(&b).await;
+        }
+        a.dep.set(FAIL);
+        b.dep.set(FAIL);
+        let end = Instant::now() + Duration::from_secs(5);
+        while !(a.fleet.as_ref().unwrap().fleet().held_open
+            && b.fleet.as_ref().unwrap().fleet().held_open)
+        {
+            assert!(Instant::now() < end, "fleet never tripped");
+            call(&a).await;
+            call(&b).await;
+            sleep(Duration::from_millis(10)).await;
+        }
+        (a, b)
+    }
+
+    /// the lease holder admits one probe that hangs and then gets no
+    /// more traffic (drained). Its local breaker stays half-open (the lost probe
+    /// is only noticed on an admission), so the sync renews the lease forever
+    /// and the other replica, which has traffic and a healthy dependency, is
+    /// held open forever: the fleet never concludes its half-open period.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_probe_on_an_idle_lease_holder_does_not_hold_the_fleet_open_forever() {
+        if !redis_up().await {
+            return;
+        }
+        let prefix = unique_prefix("hung");
+        let s = S {
+            open: Duration::from_millis(300),
+            max_wait: Duration::from_millis(300),
+            ..DEFAULT_S
+        };
+        let lease = |b: FleetSync| b.probe_lease(Duration::from_millis(200));
+        let (a, b) = trip_two(&prefix, s, lease).await;
+        let reps = [a, b];
+        // Wait for the lease holder, send it one probe that hangs, then drain it.
+        let end = Instant::now() + Duration::from_secs(5);
+        let holder = loop {
+            assert!(Instant::now() < end, "nobody got the lease");
+            if let Some(i) = reps
+                .iter()
+                .position(|r| r.fleet.as_ref().unwrap().fleet().probing)
+            {
+                break i;
+            }
+            sleep(Duration::from_millis(5)).await;
+        };
+        let other = 1 - holder;
+        reps[holder].dep.set(HANG);
+        reps[other].dep.set(OK);
+        let svc = reps[holder].svc.clone();
+        let hung = tokio::spawn(async move { svc.oneshot(()).await.map(|_| ()) });
+        sleep(Duration::from_millis(20)).await;
+        assert_eq!(reps[holder].handle.state(), State::HalfOpen);
+        // The other replica keeps serving traffic; healthy dependency.
+        let end = Instant::now() + Duration::from_secs(4);
+        let mut got = Vec::new();
+        while Instant::now() < end {
+            let seen = call(&reps[other]).await;
+            got.push(seen);
+            if seen == Seen::Ok {
+                break;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+        hung.abort();
+        let v = reps[other].fleet.as_ref().unwrap().fleet();
+        assert!(
+        got.contains(&Seen::Ok),
+        "4 s (> max_half_open_wait 300 ms + lease 200 ms) after the holder's probe hung, \
+         the other replica still refuses everything ({} refusals); holder local state {:?}, view {v:?}",
+        got.len(),
+        reps[holder].handle.state()
+    );
+    }
+
     async fn redis_conn() -> redis::aio::MultiplexedConnection {
         redis::Client::open(redis_url().as_str())
             .unwrap()
