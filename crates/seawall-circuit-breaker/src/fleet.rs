@@ -65,15 +65,26 @@
 //! # One bad replica cannot open the fleet
 //!
 //! A replica whose own network is broken sees every call fail while the
-//! dependency is fine for everyone else. The fleet trips only when at least
-//! `max(min_replicas, ⌈min_replica_fraction × reporting⌉)` live replicas
-//! *fail on their own* — their own window's failure (or slow-call) rate is
-//! at the breaker's threshold — where *reporting* counts live replicas with
-//! at least one call in their window ([`min_replicas`](FleetSync::min_replicas),
-//! default 2, and [`min_replica_fraction`](FleetSync::min_replica_fraction),
-//! default 0). The bad replica's local breaker still opens by local
-//! judgement; the others do not. (A fleet with fewer live replicas than
-//! that never trips through Redis: each breaker judges alone.)
+//! dependency is fine for everyone else. With *reporting* the live replicas
+//! with at least one call in their window (current epoch) and
+//! *need* = `max(min_replicas, ⌈min_replica_fraction × reporting⌉)`
+//! ([`min_replicas`](FleetSync::min_replicas), default 2, and
+//! [`min_replica_fraction`](FleetSync::min_replica_fraction), default 0),
+//! the closed fleet trips when all of these hold:
+//!
+//! 1. the combined window has at least the breaker's `minimum_calls` and
+//!    its failure (or slow-call) rate is at the breaker's threshold;
+//! 2. when *need* ≥ 2, that rate is still at the threshold with the replica
+//!    that contributed the most failures (slow calls) left out: no trip
+//!    rests on one replica's evidence;
+//! 3. at least *need* replicas *fail on their own*: their own window has at
+//!    least `max(1, ⌈minimum_calls / reporting⌉)` calls (one failed call is
+//!    not a witness) and its failure (or slow-call) rate is at the
+//!    threshold.
+//!
+//! The bad replica's local breaker still opens by local judgement; the
+//! others do not. (A fleet with fewer live replicas than *need* never trips
+//! through Redis: each breaker judges alone.)
 //!
 //! # Garbage in Redis
 //!
@@ -170,6 +181,7 @@ local live_ms = tonumber(ARGV[7])
 local fr = tonumber(ARGV[9])
 local sr = tonumber(ARGV[10])
 local live, calls, failures, slow, failing, reporting = 0, 0, 0, 0, 0, 0
+local counted = {}
 local entries = redis.call('HGETALL', KEYS[2])
 for i = 1, #entries, 2 do
   local e, c, f, s, ts = string.match(entries[i + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
@@ -187,14 +199,41 @@ for i = 1, #entries, 2 do
       slow = slow + s
       if c > 0 then
         reporting = reporting + 1
-        if f / c >= fr or (sr >= 0 and s / c >= sr) then failing = failing + 1 end
+        counted[#counted + 1] = {c, f, s}
       end
     end
   end
 end
+-- A replica fails on its own only with at least its share of the
+-- breaker's minimum calls: ceil(minimum calls / reporting replicas), >= 1.
+local per = math.max(1, math.ceil(tonumber(ARGV[8]) / math.max(reporting, 1)))
+for _, r in ipairs(counted) do
+  if r[1] >= per and (r[2] / r[1] >= fr or (sr >= 0 and r[3] / r[1] >= sr)) then
+    failing = failing + 1
+  end
+end
 if state == 'closed' and calls > 0 and calls >= tonumber(ARGV[8]) then
   local need = math.max(tonumber(ARGV[11]), math.ceil(tonumber(ARGV[12]) * reporting))
-  if (failures / calls >= fr or (sr >= 0 and slow / calls >= sr)) and failing >= need then
+  local fail_trip = failures / calls >= fr
+  local slow_trip = sr >= 0 and slow / calls >= sr
+  if need >= 2 then
+    -- No trip on one replica's evidence: the combined rate must cross the
+    -- threshold with the largest contributor left out too.
+    local bf, bs = nil, nil
+    for _, r in ipairs(counted) do
+      if (not bf) or r[2] > bf[2] then bf = r end
+      if (not bs) or r[3] > bs[3] then bs = r end
+    end
+    if fail_trip then
+      local rc = calls - bf[1]
+      fail_trip = rc > 0 and (failures - bf[2]) / rc >= fr
+    end
+    if slow_trip then
+      local rc = calls - bs[1]
+      slow_trip = rc > 0 and (slow - bs[3]) / rc >= sr
+    end
+  end
+  if (fail_trip or slow_trip) and failing >= need then
     epoch = epoch + 1
     state = 'open'
     untl = now + tonumber(ARGV[13])

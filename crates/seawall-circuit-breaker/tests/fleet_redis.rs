@@ -1004,6 +1004,40 @@ mod review {
         }
     }
 
+    /// one broken replica plus one replica that saw a single failed
+    /// call (its own breaker, with minimum_calls 20, would never trip on it)
+    /// count as two replicas "failing on their own" and open a healthy one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_single_failed_call_is_not_an_independent_failing_replica() {
+        if !redis_up().await {
+            return;
+        }
+        let prefix = unique_prefix("onecall");
+        let mut healthy = replica(DEFAULT_S);
+        for _ in 0..20 {
+            assert_eq!(call(&healthy).await, Seen::Ok);
+        }
+        join(&mut healthy, &redis_url(), &prefix, Some("healthy"), |b| b);
+        let mut bad = replica(DEFAULT_S);
+        bad.dep.set(FAIL);
+        while call(&bad).await != Seen::Refused {}
+        join(&mut bad, &redis_url(), &prefix, Some("bad"), |b| b);
+        wait_synced(&bad, 2).await;
+        assert_eq!(healthy.handle.state(), State::Closed);
+        // A third replica, quiet: one call, which failed (a blip).
+        let mut quiet = replica(DEFAULT_S);
+        quiet.dep.set(FAIL);
+        assert_eq!(call(&quiet).await, Seen::Failed);
+        quiet.dep.set(OK);
+        join(&mut quiet, &redis_url(), &prefix, Some("quiet"), |b| b);
+        sleep(Duration::from_millis(400)).await;
+        let v = healthy.fleet.as_ref().unwrap().fleet();
+        assert!(
+            !opened_by_fleet(&healthy) && healthy.handle.state() == State::Closed,
+            "broken replica + one failed call elsewhere opened the healthy replica: {v:?}"
+        );
+    }
+
     /// Trips a two-replica fleet (both see failures); returns once both are
     /// held open.
     async fn trip_two(
