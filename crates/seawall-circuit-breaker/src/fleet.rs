@@ -80,11 +80,26 @@
 //! 3. at least *need* replicas *fail on their own*: their own window has at
 //!    least `max(1, ⌈minimum_calls / reporting⌉)` calls (one failed call is
 //!    not a witness) and its failure (or slow-call) rate is at the
-//!    threshold.
+//!    threshold;
+//! 4. counting, in 3, a failing replica *first seen less than one liveness
+//!    ago* and a failing replica that has *not synced since it was first
+//!    seen* as one (the second may be the first's crashed or restarted
+//!    incarnation, whose entry stays live for one liveness period). A new
+//!    replica thus becomes a separate witness once every other failing
+//!    replica has synced after it appeared (within about one interval).
 //!
 //! The bad replica's local breaker still opens by local judgement; the
 //! others do not. (A fleet with fewer live replicas than *need* never trips
 //! through Redis: each breaker judges alone.)
+//!
+//! A replica whose last [`FleetHandle`] is dropped deletes its entry (a
+//! clean leave), so a restart does not leave its old self counting. A crash
+//! leaves it for one liveness period, covered by rule 4 as long as the
+//! restart comes back as one replica; a stable
+//! [`replica_id`](FleetSync::replica_id) (the pod's or host's name) removes
+//! the question altogether: the restart overwrites its own entry. The
+//! default id is random because two processes on one host (or two
+//! containers sharing a host name and pid 1) must never share one.
 //!
 //! # Garbage in Redis
 //!
@@ -176,7 +191,13 @@ if ARGV[14] ~= '' and tonumber(ARGV[15]) == epoch and state == 'open' and now >=
     event = 2
   end
 end
-redis.call('HSET', KEYS[2], me, ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. now)
+local born = now
+local mine = redis.call('HGET', KEYS[2], me)
+if mine then
+  local b = tonumber(string.match(mine, '^%d+ %d+ %d+ %d+ %d+ (%d+)$'))
+  if b and b <= now then born = b end
+end
+redis.call('HSET', KEYS[2], me, ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. now .. ' ' .. born)
 local live_ms = tonumber(ARGV[7])
 local fr = tonumber(ARGV[9])
 local sr = tonumber(ARGV[10])
@@ -184,7 +205,7 @@ local live, calls, failures, slow, failing, reporting = 0, 0, 0, 0, 0, 0
 local counted = {}
 local entries = redis.call('HGETALL', KEYS[2])
 for i = 1, #entries, 2 do
-  local e, c, f, s, ts = string.match(entries[i + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
+  local e, c, f, s, ts, b = string.match(entries[i + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) ?(%d*)$')
   ts = tonumber(ts)
   if (not ts) or now - ts > 10 * live_ms then
     redis.call('HDEL', KEYS[2], entries[i])
@@ -199,7 +220,7 @@ for i = 1, #entries, 2 do
       slow = slow + s
       if c > 0 then
         reporting = reporting + 1
-        counted[#counted + 1] = {c, f, s}
+        counted[#counted + 1] = {c, f, s, ts, tonumber(b) or 0}
       end
     end
   end
@@ -207,10 +228,26 @@ end
 -- A replica fails on its own only with at least its share of the
 -- breaker's minimum calls: ceil(minimum calls / reporting replicas), >= 1.
 local per = math.max(1, math.ceil(tonumber(ARGV[8]) / math.max(reporting, 1)))
+local young, newest = 0, -1
 for _, r in ipairs(counted) do
   if r[1] >= per and (r[2] / r[1] >= fr or (sr >= 0 and r[3] / r[1] >= sr)) then
+    r[6] = true
     failing = failing + 1
+    if now - r[5] < live_ms then
+      young = young + 1
+      if r[5] > newest then newest = r[5] end
+    end
   end
+end
+-- A failing entry first seen less than one liveness ago may be a restart
+-- of a failing entry that has not synced since it appeared: such a pair
+-- counts once.
+if young > 0 then
+  local silent = 0
+  for _, r in ipairs(counted) do
+    if r[6] and r[4] < newest then silent = silent + 1 end
+  end
+  failing = failing - math.min(young, silent)
 end
 if state == 'closed' and calls > 0 and calls >= tonumber(ARGV[8]) then
   local need = math.max(tonumber(ARGV[11]), math.ceil(tonumber(ARGV[12]) * reporting))
@@ -362,7 +399,11 @@ impl FleetSync {
     }
 
     /// This replica's name in the fleet (default: random). Give each
-    /// replica its own: two replicas with one id count as one.
+    /// replica its own: two replicas with one id count as one. A stable id
+    /// (the pod's or host's name) is best: a replica that crashes and
+    /// restarts then overwrites its own entry instead of leaving it to
+    /// count for one more liveness period (see the
+    /// [module documentation](crate::fleet#one-bad-replica-cannot-open-the-fleet)).
     pub fn replica_id(mut self, id: impl Into<String>) -> Self {
         self.replica_id = Some(id.into());
         self
@@ -487,11 +528,18 @@ impl FleetSync {
             fleet_until: None,
             stale_open: false,
         };
+        let leave = Leave {
+            runtime: runtime.clone(),
+            conn: task.conn.clone(),
+            replicas_key: task.keys[1].clone(),
+            replica: task.replica.clone(),
+            timeout: task.settings.timeout,
+        };
         let join = runtime.spawn(task.run());
         Ok(FleetHandle {
             local: breaker,
             view: view_rx,
-            _task: Arc::new(AbortOnDrop(join)),
+            _task: Arc::new(AbortOnDrop { task: join, leave }),
         })
     }
 
@@ -772,11 +820,44 @@ impl FleetHandle {
     }
 }
 
-struct AbortOnDrop(JoinHandle<()>);
+/// Stops the sync task when the last [`FleetHandle`] goes, and publishes
+/// the replica's leave: its entry is deleted (one `HDEL`, bounded by the
+/// timeout, in a spawned task) so that it stops counting at once rather
+/// than for one more liveness period.
+struct AbortOnDrop {
+    task: JoinHandle<()>,
+    leave: Leave,
+}
+
+struct Leave {
+    runtime: tokio::runtime::Handle,
+    conn: ConnectionManager,
+    replicas_key: String,
+    replica: Arc<str>,
+    timeout: Duration,
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
+        let Leave {
+            runtime,
+            conn,
+            replicas_key,
+            replica,
+            timeout,
+        } = &self.leave;
+        let mut conn = conn.clone();
+        let (key, replica, timeout) = (replicas_key.clone(), replica.clone(), *timeout);
+        // Sent on the task's own connection, after anything it sent: Redis
+        // applies them in order. (A sync the aborted task sends after this,
+        // a tiny window, leaves an entry that counts until liveness, as
+        // after a crash.)
+        runtime.spawn(async move {
+            let mut hdel = redis::cmd("HDEL");
+            hdel.arg(key).arg(&*replica);
+            let _ = tokio::time::timeout(timeout, hdel.query_async::<Value>(&mut conn)).await;
+        });
     }
 }
 

@@ -1004,6 +1004,64 @@ mod review {
         }
     }
 
+    /// one broken replica restarts (default random replica id). Its
+    /// previous incarnation's entry stays live for `liveness`, so the fleet
+    /// counts the one broken replica as two failing replicas and the
+    /// poisoning guard (min_replicas = 2) lets it open a healthy replica.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_broken_replica_is_not_two_failing_replicas() {
+        if !redis_up().await {
+            return;
+        }
+        // Control: the same restart under a stable id holds (the guard works).
+        assert!(
+            !restart_opens_good(Some("bad")).await,
+            "control: stable id opened good"
+        );
+        assert!(
+            !restart_opens_good(None).await,
+            "one broken replica (restarted once, default random id) opened a healthy replica"
+        );
+    }
+
+    /// Returns whether the healthy replica was opened by the fleet.
+    async fn restart_opens_good(bad_id: Option<&str>) -> bool {
+        let prefix = unique_prefix("restart");
+        let mut good = replica(DEFAULT_S);
+        // Few healthy calls: the combined rate crosses the threshold even
+        // with one broken incarnation left out, so only counting the
+        // restart once holds the guard.
+        for _ in 0..10 {
+            assert_eq!(call(&good).await, Seen::Ok);
+        }
+        join(&mut good, &redis_url(), &prefix, Some("good"), |b| b);
+        wait_synced(&good, 1).await;
+
+        // The broken replica, first incarnation (random id, the default).
+        let mut bad1 = replica(DEFAULT_S);
+        bad1.dep.set(FAIL);
+        while call(&bad1).await != Seen::Refused {}
+        join(&mut bad1, &redis_url(), &prefix, bad_id, |b| b);
+        wait_synced(&bad1, 1).await;
+        // It crashes and restarts (a new process: new breaker, new random id).
+        drop(bad1);
+        let mut bad2 = replica(DEFAULT_S);
+        bad2.dep.set(FAIL);
+        while call(&bad2).await != Seen::Refused {}
+        join(&mut bad2, &redis_url(), &prefix, bad_id, |b| b);
+
+        let end = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < end {
+            sleep(Duration::from_millis(10)).await;
+        }
+        let v = good.fleet.as_ref().unwrap().fleet();
+        eprintln!(
+            "bad id {bad_id:?}: good is {:?}, view {v:?}",
+            good.handle.state()
+        );
+        opened_by_fleet(&good) || good.handle.state() != State::Closed
+    }
+
     /// one broken replica plus one replica that saw a single failed
     /// call (its own breaker, with minimum_calls 20, would never trip on it)
     /// count as two replicas "failing on their own" and open a healthy one.
@@ -1196,5 +1254,101 @@ mod review {
             "healthy replica refused: held open by a garbage fleet state; open_remaining {:?}",
             v.open_remaining
         );
+    }
+
+    /// A broken replica crashes (no clean leave: its entry stays live for one
+    /// liveness period) and restarts under a new id at once. The restart's
+    /// entry, first seen after the crashed one's last sync, counts with it as
+    /// one failing replica. The healthy replica's share is small, so the
+    /// combined rate crosses the threshold even without the largest contributor:
+    /// only the pairing holds the guard.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_broken_replica_and_its_restart_count_once() {
+        if !redis_up().await {
+            return;
+        }
+        let prefix = unique_prefix("crash");
+        let mut conn = redis_conn().await;
+        let base = format!("{prefix}{{orders}}:");
+        let mut good = replica(DEFAULT_S);
+        for _ in 0..10 {
+            assert_eq!(call(&good).await, Seen::Ok);
+        }
+        join(&mut good, &redis_url(), &prefix, Some("good"), |b| b);
+        wait_synced(&good, 1).await;
+        let mut bad = replica(DEFAULT_S);
+        bad.dep.set(FAIL);
+        while call(&bad).await != Seen::Refused {}
+        // The crashed incarnation: 20 failed calls, last synced just now
+        // (Redis's clock), in the format of a replica that never upgraded.
+        let (secs, micros): (String, String) =
+            redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        let now_ms = secs.parse::<u64>().unwrap() * 1000 + micros.parse::<u64>().unwrap() / 1000;
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{base}replicas"))
+            .arg("bad-before-crash")
+            .arg(format!("0 20 20 0 {now_ms}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        join(&mut bad, &redis_url(), &prefix, None, |b| b);
+        sleep(Duration::from_millis(600)).await;
+        let v = good.fleet.as_ref().unwrap().fleet();
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{base}state"))
+            .arg(format!("{base}replicas"))
+            .arg(format!("{base}lease"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            !opened_by_fleet(&good) && good.handle.state() == State::Closed,
+            "a crashed broken replica and its restart opened the healthy replica: {v:?}"
+        );
+    }
+
+    /// A dropped `FleetHandle` deletes its replica's entry (a clean leave).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_fleet_handle_deletes_its_entry() {
+        if !redis_up().await {
+            return;
+        }
+        let prefix = unique_prefix("leave");
+        let mut conn = redis_conn().await;
+        let key = format!("{prefix}{{orders}}:replicas");
+        let mut r = replica(DEFAULT_S);
+        join(&mut r, &redis_url(), &prefix, Some("leaving"), |b| b);
+        wait_synced(&r, 1).await;
+        let before: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("leaving")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(before.is_some(), "published its entry");
+        r.fleet = None;
+        let end = Instant::now() + Duration::from_secs(1);
+        loop {
+            let entry: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("leaving")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if entry.is_none() {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "entry still there after the handle was dropped: {entry:?}"
+            );
+            sleep(Duration::from_millis(10)).await;
+        }
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{prefix}{{orders}}:state"))
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 }
