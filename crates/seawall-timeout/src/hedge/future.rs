@@ -335,9 +335,7 @@ where
         let outcome = self.shared.classifier.classify(out.as_ref());
         let in_flight = matches!(&out, Ok(res) if self.shared.policy.in_flight(res));
         if !outcome.is_success() || in_flight {
-            if !(in_flight && self.held.is_some()) {
-                self.held = Some(out);
-            }
+            self.hold(out, in_flight);
             return None;
         }
         if let Some(estimator) = self.shared.estimator() {
@@ -364,6 +362,18 @@ where
             }
         }
         Some(out.map_err(Into::into))
+    }
+
+    /// Keeps an answer that did not win, to return it if no attempt
+    /// succeeds: the last one, unless it only says another attempt is in
+    /// flight and another answer is already held. Off the path of a first
+    /// attempt that succeeds.
+    #[cold]
+    #[inline(never)]
+    fn hold(&mut self, out: Result<T, E>, in_flight: bool) {
+        if !(in_flight && self.held.is_some()) {
+            self.held = Some(out);
+        }
     }
 
     /// Moves the hedging along: `true` when a hedge was just sent (and must
