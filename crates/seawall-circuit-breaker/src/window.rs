@@ -919,7 +919,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let c = w.record((i + t) % 2 == 0, i % 3 == 0);
+                        let c = w.record((i + t).is_multiple_of(2), i.is_multiple_of(3));
                         if c.failures > c.calls || c.slow > c.calls || c.calls > 1 {
                             torn.fetch_add(1, Ordering::Relaxed);
                         }
@@ -962,7 +962,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let c = w.record(t == 0 && i % 2 == 0, false);
+                        let c = w.record(t == 0 && i.is_multiple_of(2), false);
                         if c.failures > c.calls || (c.failures >= 2 && w.snapshot().failures >= 2) {
                             bad.fetch_add(1, Ordering::Relaxed);
                         }

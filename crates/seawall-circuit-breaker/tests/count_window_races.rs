@@ -67,7 +67,10 @@ fn no_judgement_or_snapshot_sees_a_rate_above_one() {
                 while !stop.load(Ordering::Relaxed) {
                     let mut s = svc.clone();
                     let ready = s.ready().now_or_never().unwrap().unwrap();
-                    let _ = ready.call((i + t) % 2 == 0).now_or_never().unwrap();
+                    let _ = ready
+                        .call((i + t).is_multiple_of(2))
+                        .now_or_never()
+                        .unwrap();
                     i += 1;
                 }
             })
@@ -141,7 +144,7 @@ fn alternate(metrics_only: bool) {
             std::thread::spawn(move || {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let fail = t == 0 && i % 2 == 0;
+                    let fail = t == 0 && i.is_multiple_of(2);
                     let mut s = svc.clone();
                     let ready = s.ready().now_or_never().unwrap().unwrap();
                     let _ = ready.call(fail).now_or_never().unwrap();

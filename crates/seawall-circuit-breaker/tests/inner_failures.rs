@@ -15,6 +15,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// idempotency layer. The breaker used to ignore it as an inner refusal and
 /// stayed closed with 0 failures after 10 panics.
 #[tokio::test]
+#[allow(clippy::manual_assert)]
 async fn handler_panics_under_idempotency_trip_the_breaker() {
     let breaker = CircuitBreakerLayer::builder()
         .consecutive_failures(3)
